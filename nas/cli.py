@@ -1,0 +1,214 @@
+"""The `nas` command: parse, call one function, print. TensorFlow is imported only by commands that need it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from nas import __version__
+from nas.errors import NasError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _progress(desc: str):
+    """A tqdm bar on stderr, created on first call; silent when stderr is not a terminal and in tests."""
+    from tqdm import tqdm
+
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False,
+                                disable=not sys.stderr.isatty())
+        bar = state["bar"]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _trial_printer():
+    """One line per finished or failed trial, with the best so far; the search itself prints nothing."""
+    state = {"best": None, "t0": time.time(), "done": 0, "max": None}
+
+    def sink(ev: dict) -> None:
+        out = sys.stdout
+        kind = ev["event"]
+        if kind == "search_started":
+            state["max"] = ev["max_trials"]
+            print(f"search: {ev['tuner']} over {ev['space']}, up to {ev['max_trials']} trials; "
+                  f"{ev['train']} train / {ev['val']} val frames"
+                  + (f"; {ev['skipped']} bad frames skipped" if ev["skipped"] else "")
+                  + (" (resumed)" if ev["resumed"] else ""), file=out, flush=True)
+        elif kind == "trial_finished":
+            state["done"] += 1
+            obj = ev["objective"]
+            if state["best"] is None or obj > state["best"]:
+                state["best"] = obj
+            note = f"  [{ev['reason']}]" if ev.get("reason") else ""
+            print(f"trial {ev['trial_id']}: val precision@recall {obj:.3f} (thr {ev['threshold']:.3g}, PR-AUC {ev['pr_auc']:.3f}), "
+                  f"{ev['params']} params, {ev['epochs_run']} ep, {ev['seconds']:.1f}s | best {state['best']:.3f} | "
+                  f"elapsed {time.time() - state['t0']:.0f}s{note}", file=out, flush=True)
+        elif kind == "trial_failed":
+            print(f"trial {ev['trial_id']}: FAILED: {ev['reason'].splitlines()[0][:200]}", file=out, flush=True)
+        elif kind == "trial_interrupted":
+            print(f"trial {ev['trial_id']}: interrupted ({ev['reason']}); 'nas resume' continues it", file=out, flush=True)
+        elif kind == "search_ended":
+            print(f"search ended: {ev['reason']}", file=out, flush=True)
+
+    return sink
+
+
+def cmd_demo_data(args) -> int:
+    from nas.synthetic import generate
+
+    labels = generate(args.out, n=args.n, size=args.size, seed=args.seed, groups=args.groups)
+    print(f"wrote {args.n} frames of {args.size} px to {args.out} (labels: {labels})")
+    return 0
+
+
+def _experiment(args):
+    from nas.config import load_experiment
+
+    overrides = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.append(f"data.path={_toml_string(args.data)}")
+    if getattr(args, "max_trials", None) is not None:
+        overrides.append(f"budget.max_trials={args.max_trials}")
+    if getattr(args, "time_budget", None) is not None:
+        overrides.append(f"budget.time_budget={args.time_budget}")
+    return load_experiment(args.experiment, overrides)
+
+
+def _toml_string(text: str) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cmd_search(args) -> int:
+    from nas.search import start_search
+
+    exp = _experiment(args)
+    run = start_search(exp, Path(args.results), args.run_id, sink=_trial_printer(), progress=_progress("caching frames"))
+    print(f"run folder: {run.path}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from nas.search import resume_search
+
+    run = resume_search(Path(args.run), max_trials=args.max_trials, time_budget=args.time_budget,
+                        sink=_trial_printer(), progress=_progress("caching frames"))
+    print(f"run folder: {run.path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import json
+
+    from nas.export import export_run
+
+    folder = export_run(args.run, trial_id=args.trial, out=args.out)
+    card = json.loads((folder / "model_card.json").read_text())
+    t = card["metrics"]["test"]
+    print(f"exported trial {card['trial_id']} to {folder}")
+    print(f"threshold {card['threshold']:.4g} (chosen on val for recall >= {card['recall_floor']:g})")
+    print(f"test split: precision {t['precision']:.3f}, recall {t['recall']:.3f}, weighted F1 {t['weighted_f1']:.3f}, "
+          f"PR-AUC {t['pr_auc']:.3f} (n={t['n']})")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from nas.leaderboard import collect, render, select
+
+    rows = select(collect(args.runs), status=args.status, top=args.top, sort=args.sort)
+    sys.stdout.write(render(rows, args.format))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from nas.predict import predict, write_csv
+
+    rows = predict(args.export, args.paths, threshold=args.threshold, batch=args.batch, progress=_progress("classifying"))
+    counts = write_csv(rows, Path(args.out) if args.out else None, sys.stdout)
+    print(f"{counts['frames']} frames: {counts['positive']} positive, {counts['errors']} unreadable"
+          + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nas", description="Architecture search for HAADF-STEM frame triage: "
+                                "the objective is validation precision at a fixed recall floor.")
+    p.add_argument("--version", action="version", version=f"stem-nas {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo-data", help="simulate a HAADF megalibrary data set (16-bit TIFFs + labels.csv)")
+    d.add_argument("out")
+    d.add_argument("--n", type=int, default=400, help="number of frames (default 400)")
+    d.add_argument("--size", type=int, default=128, help="frame size in pixels (default 128)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--groups", type=int, default=8, help="chips/sessions; splits never mix them (default 8)")
+    d.set_defaults(func=cmd_demo_data)
+
+    def experiment_args(sp):
+        sp.add_argument("experiment", help="experiment TOML file")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. --set objective.recall_floor=0.95 (repeatable)")
+
+    s = sub.add_parser("search", help="run an architecture search; prints the run folder")
+    experiment_args(s)
+    s.add_argument("--data", help="data folder (overrides data.path)")
+    s.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    s.add_argument("--max-trials", type=int)
+    s.add_argument("--time-budget", type=float, help="seconds; the search ends cleanly when it runs out")
+    s.add_argument("--results", default="results", help="results folder (default results/)")
+    s.set_defaults(func=cmd_search)
+
+    r = sub.add_parser("resume", help="continue an interrupted or finished search, optionally with a larger budget")
+    r.add_argument("run")
+    r.add_argument("--max-trials", type=int)
+    r.add_argument("--time-budget", type=float)
+    r.set_defaults(func=cmd_resume)
+
+    e = sub.add_parser("export", help="export the best trial: SavedModel, model.keras, model card, trial log")
+    e.add_argument("run")
+    e.add_argument("--trial", help="export this trial instead of the best")
+    e.add_argument("--out", help="export folder (default RUN/export)")
+    e.set_defaults(func=cmd_export)
+
+    lb = sub.add_parser("leaderboard", help="rank trials of one or more runs")
+    lb.add_argument("runs", nargs="+")
+    lb.add_argument("--format", default="table", choices=("table", "csv", "json", "md"))
+    lb.add_argument("--top", type=int)
+    lb.add_argument("--sort", help="column to sort by instead of the search's rank")
+    lb.add_argument("--status", default="finished", help="finished (default), failed, interrupted, running or all")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    pr = sub.add_parser("predict", help="classify TIFF files or folders with an export; CSV out")
+    pr.add_argument("export")
+    pr.add_argument("paths", nargs="+")
+    pr.add_argument("--out", help="CSV file (default: standard output)")
+    pr.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
+    pr.add_argument("--batch", type=int, default=16)
+    pr.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NasError as exc:
+        print(f"nas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        run = getattr(args, "run", None)
+        print("\nnas: interrupted" + (f"; continue with 'nas resume {run}'" if run else ""), file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""One exception type for mistakes a user can fix; the CLI prints it as one line, without a traceback."""
+
+
+class NasError(Exception):
+    """A problem with the user's input (a file, a key, a value) that they can fix.
+
+    The message names the file or key and says what was expected.
+    """
+
+
+class LockedRunError(NasError):
+    """Another live process is writing this run."""

@@ -1,0 +1,268 @@
+"""Export the winner: best-epoch weights of the best trial, a threshold calibrated on validation data, one
+evaluation of the test split, and a SavedModel that serves raw frames (normalization and threshold inside).
+
+Everything is written to a temporary folder and renamed into place at the end, so a failed export leaves
+no half-written model at the final path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from nas import config as config_mod  # noqa: E402
+from nas import data as data_mod  # noqa: E402
+from nas.errors import NasError  # noqa: E402
+from nas.objective import bootstrap_interval, classification_report, precision_at_recall, rank_key  # noqa: E402
+from nas.runlog import (  # noqa: E402
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    read_events,
+    run_lock,
+    trial_records,
+)
+from nas.space import SearchSpace, parse_space  # noqa: E402
+
+SAVED_MODEL = "saved_model"
+PACKAGES = ("stem-nas", "tensorflow", "keras", "keras-tuner", "autokeras", "numpy", "scikit-learn", "tifffile")
+
+
+def best_trial(run: RunDir, trial_id: str | None = None) -> dict[str, Any]:
+    """The trial the search's own rule ranks first (or the one named), which must have finished."""
+    trials = trial_records(read_events(run.trials_log))
+    if trial_id is not None:
+        if trial_id not in trials:
+            raise NasError(f"{run.path}: no trial {trial_id!r}; trials are {', '.join(sorted(trials)) or 'none'}")
+        rec = trials[trial_id]
+        if rec["status"] != "finished":
+            raise NasError(f"{run.path}: trial {trial_id} is {rec['status']}, not finished; it has no model to export")
+        return rec
+    finished = [t for t in trials.values() if t["status"] == "finished"]
+    if not finished:
+        raise NasError(f"{run.path}: no finished trial to export yet; run or resume the search first")
+    return min(finished, key=rank_key)
+
+
+def trial_values(space: SearchSpace, searched: dict[str, Any]) -> dict[str, Any]:
+    """A trial's full configuration: the space's constants plus the trial's searched values."""
+    values = {}
+    for name, dim in space.dimensions.items():
+        if not dim.searched:
+            values[name] = dim.constant
+        elif name in searched:
+            values[name] = searched[name]
+        else:
+            raise NasError(f"trial has no value for {name}; was the space changed after the search?")
+    return values
+
+
+def _serving_module(model, image_size: int, clip: tuple[float, float], threshold: float):
+    """A tf.Module whose signatures take raw frames (B, H, W) as float32 or uint16."""
+    import tensorflow as tf
+
+    from nas.preprocess import normalize_tf
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.threshold = tf.constant(threshold, tf.float32)
+
+        def _classify(self, frames):
+            x = normalize_tf(frames, image_size, clip)
+            prob = tf.reshape(self.model(x, training=False), [-1])
+            return {"probability": prob, "decision": prob >= self.threshold}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="frames")])
+        def serve(self, frames):
+            return self._classify(frames)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint16, name="frames")])
+        def serve_uint16(self, frames):
+            return self._classify(frames)
+
+    return Serving()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_run(run_path: str | Path, trial_id: str | None = None, out: str | Path | None = None) -> Path:
+    """Export one trial of a run; returns the export folder."""
+    run = RunDir(Path(run_path)).check_exists()
+    with run_lock(run):
+        return _export(run, trial_id, Path(out) if out else run.export)
+
+
+def _export(run: RunDir, trial_id: str | None, final: Path) -> Path:
+    import keras
+    import tensorflow as tf
+
+    from nas.models import build_network
+
+    exp = config_mod.load_experiment(run.experiment, resolve_paths=False)
+    space = parse_space(run.space.read_text(), str(run.space))
+    trial = best_trial(run, trial_id)
+    tid = trial["trial_id"]
+    weights = run.trial_dir(tid) / "best.weights.h5"
+    if not weights.is_file():
+        raise NasError(f"{weights}: best-epoch weights of trial {tid} are missing")
+    d = exp["data"]
+    size, clip, floor = d["image_size"], tuple(d["clip_percentiles"]), exp["objective"]["recall_floor"]
+    records, splits = data_mod.read_split(run.split, d["positive"])
+    cached = data_mod.build_cache(records, Path(d["path"]), run.path.parent.parent / ".cache", size, clip, skip_bad=d["skip_bad"])
+    kept = {r.path for r in cached.records}
+    split_arr = np.array([s for r, s in zip(records, splits, strict=True) if r.path in kept])
+    labels = cached.labels
+
+    keras.backend.clear_session()
+    model = build_network(trial_values(space, trial.get("hyperparameters", {})), size)
+    model.load_weights(weights)
+
+    def probabilities(split: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.flatnonzero(split_arr == split)
+        ds = data_mod.make_dataset(cached.frames, labels, rows, 64, shuffle=False)
+        return labels[rows], model.predict(ds, verbose=0).ravel()
+
+    y_val, p_val = probabilities("val")
+    op = precision_at_recall(y_val, p_val, floor)
+    if op.reason:
+        raise NasError(f"trial {tid}: cannot calibrate a threshold on validation data: {op.reason}")
+    y_test, p_test = probabilities("test")  # the one and only read of the test split
+    test = classification_report(y_test, p_test, op.threshold, floor)
+    test.update(bootstrap_interval(y_test, p_test, op.threshold, exp["export"]["bootstrap"], seed=exp["data"]["seed"]))
+    val = classification_report(y_val, p_val, op.threshold, floor)
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        tf.saved_model.save(
+            module := _serving_module(model, size, clip, op.threshold),
+            str(tmp / SAVED_MODEL),
+            signatures={"serving_default": module.serve, "serve_uint16": module.serve_uint16},
+        )
+        model.save(tmp / "model.keras")
+        for src in (run.trials_log, run.split, run.experiment, run.space):
+            shutil.copy2(src, tmp / src.name)
+        card = {
+            "experiment": exp.name, "run": str(run.path), "trial_id": tid,
+            "hyperparameters": trial.get("hyperparameters", {}), "architecture": space.name,
+            "params": trial.get("params"), "latency_ms_batch1": trial.get("latency_ms"),
+            "threshold": op.threshold, "recall_floor": floor, "threshold_from": "val",
+            "input": {"image_size": size, "clip_percentiles": list(clip), "frames": "raw 2-D frames, any size, float32 or uint16"},
+            "metrics": {"val": val, "test": test},
+            "data": {s: {"n": int((split_arr == s).sum()), "positives": int(labels[split_arr == s].sum())} for s in data_mod.SPLITS},
+            "search": {"tuner": exp["search"]["tuner"], "trials": len(trial_records(read_events(run.trials_log))),
+                       "objective": "precision at recall >= floor on val", "tie_break": exp["objective"]["tie_break"]},
+            "seed": {"data": d["seed"], "search": exp["search"]["seed"]},
+            "versions": _versions(), "trials_log_sha256": _sha256(run.trials_log),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_json(tmp / "model_card.json", card)
+        atomic_write_text(tmp / "MODEL_CARD.md", _card_markdown(card))
+        _plots(tmp, y_test, p_test, op.threshold, floor, test)
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    t, v = card["metrics"]["test"], card["metrics"]["val"]
+    ci = t.get("precision_95ci"), t.get("recall_95ci")
+    fmt_ci = lambda c: f" (95% CI {c[0]:.3f}-{c[1]:.3f})" if c else ""  # noqa: E731
+    cm = t["confusion_matrix"]
+    lines = [
+        f"# Model card: {card['experiment']} / trial {card['trial_id']}",
+        "",
+        f"- Architecture family: `{card['architecture']}`, {card['params']} parameters, {card['latency_ms_batch1']} ms/frame at batch 1 (search machine)",
+        f"- Threshold {card['threshold']:.6g}, chosen on **val** for recall >= {card['recall_floor']}",
+        f"- Input: raw frames of any size, normalized inside the model to {card['input']['image_size']} px",
+        "",
+        "| split | n | positives | precision | recall | weighted F1 | PR-AUC | precision at floor |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| val | {v['n']} | {v['positives']} | {v['precision']:.3f} | {v['recall']:.3f} | {v['weighted_f1']:.3f} | {v['pr_auc']:.3f} | {v['precision_at_floor']:.3f} |",
+        f"| test | {t['n']} | {t['positives']} | {t['precision']:.3f}{fmt_ci(ci[0])} | {t['recall']:.3f}{fmt_ci(ci[1])} | {t['weighted_f1']:.3f} | {t['pr_auc']:.3f} | {t['precision_at_floor']:.3f} |",
+        "",
+        f"Test confusion matrix at the threshold: TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']}.",
+        "",
+        "## Hyperparameters",
+        *[f"- `{k}`: {v}" for k, v in sorted(card["hyperparameters"].items())],
+        "",
+        f"Search: {card['search']['tuner']}, {card['search']['trials']} trials; trial log sha256 `{card['trials_log_sha256'][:16]}`.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plots(folder: Path, y: np.ndarray, p: np.ndarray, threshold: float, floor: float, report: dict[str, Any]) -> None:
+    """PR curve (floor and threshold marked), confusion matrix and score histograms, all on the test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    prec, rec, _ = precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(rec, prec, lw=1.5)
+    ax.axvline(floor, color="gray", ls="--", lw=1, label=f"recall floor {floor:g}")
+    ax.plot([report["recall"]], [report["precision"]], "o", color="C3", label=f"threshold {threshold:.3g}")
+    ax.set(xlabel="recall", ylabel="precision", title="PR curve (test split)", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(folder / "pr_curve.png", dpi=100)
+    plt.close(fig)
+
+    cm = report["confusion_matrix"]
+    grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(grid, cmap="Blues")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["neg", "pos"], yticklabels=["neg", "pos"],
+           xlabel="predicted", ylabel="true", title="Confusion (test split)")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    bins = np.linspace(0, 1, 26)
+    ax.hist(p[y == 0], bins=bins, alpha=0.6, label="negative")
+    ax.hist(p[y == 1], bins=bins, alpha=0.6, label="positive")
+    ax.axvline(threshold, color="C3", lw=1, label="threshold")
+    ax.set(xlabel="probability", ylabel="frames", title="Scores by class (test split)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "score_histograms.png", dpi=100)
+    plt.close(fig)

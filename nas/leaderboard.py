@@ -1,0 +1,97 @@
+"""The leaderboard: one flat row per trial, across any number of runs, ranked by the search's own rule.
+
+Rows come from trials.jsonl alone (the record of truth), so the table agrees with the log by construction.
+Formats: an aligned terminal table, CSV, JSON (a list of row objects) and Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from nas.errors import NasError
+from nas.objective import rank_key
+from nas.runlog import RunDir, read_events, trial_records
+
+FORMATS = ("table", "csv", "json", "md")
+COLUMNS = (
+    "rank", "run", "trial_id", "status", "objective", "threshold", "recall", "tie_break", "pr_auc",
+    "val_loss", "params", "latency_ms", "seconds", "epochs_run", "best_epoch", "reason",
+)
+STATUSES = ("finished", "failed", "interrupted", "running", "all")
+
+
+def collect(runs: list[str | Path]) -> list[dict[str, Any]]:
+    """Flat, ranked rows for every trial of every run; `param_*` columns hold hyperparameters."""
+    rows = []
+    for run_path in runs:
+        run = RunDir(Path(run_path))
+        if not run.trials_log.is_file():
+            raise NasError(f"{run.path}: no trials.jsonl here; expected a run folder results/<experiment>/<run-id>")
+        label = f"{run.path.parent.name}/{run.run_id}"
+        for rec in trial_records(read_events(run.trials_log)).values():
+            row = {"run": label, **{k: rec.get(k) for k in COLUMNS if k not in ("rank", "run")}}
+            row["feasible"] = rec.get("feasible", True)
+            for name, value in sorted((rec.get("hyperparameters") or {}).items()):
+                row[f"param_{name}"] = value
+            rows.append(row)
+    rows.sort(key=lambda r: (rank_key(r), r["run"]))
+    for i, row in enumerate(rows, start=1):
+        row["rank"] = i
+    return rows
+
+
+def select(rows: list[dict[str, Any]], *, status: str = "finished", top: int | None = None, sort: str | None = None) -> list[dict[str, Any]]:
+    if status not in STATUSES:
+        raise NasError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
+    out = [r for r in rows if status == "all" or r["status"] == status]
+    if sort:
+        if out and sort not in out[0] and not any(sort in r for r in out):
+            raise NasError(f"--sort {sort!r}: no such column; expected one of {', '.join(all_columns(out))}")
+        descending = sort in ("objective", "tie_break", "pr_auc", "recall")
+        present = [r for r in out if r.get(sort) is not None]
+        missing = [r for r in out if r.get(sort) is None]
+        out = sorted(present, key=lambda r: r[sort], reverse=descending) + missing
+    return out[:top] if top else out
+
+
+def all_columns(rows: list[dict[str, Any]]) -> list[str]:
+    params = sorted({k for r in rows for k in r if k.startswith("param_")})
+    return [*COLUMNS, *params]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
+    """The rows as text in one of FORMATS."""
+    if fmt not in FORMATS:
+        raise NasError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    cols = all_columns(rows)
+    if fmt == "json":
+        return json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    shown = [c for c in cols if c != "reason" or any(r.get("reason") for r in rows)]
+    cells = [[_cell(r.get(c)) for c in shown] for r in rows]
+    if fmt == "md":
+        lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        return "\n".join(lines) + "\n"
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(shown)]
+    header = "  ".join(h.ljust(w) for h, w in zip(shown, widths, strict=True))
+    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    note = "objective = exact validation precision at the recall floor (split: val)"
+    return "\n".join([header.rstrip(), *body, note]) + "\n"

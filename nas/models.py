@@ -1,0 +1,114 @@
+"""Keras models from one trial's resolved space values: the CNN families and their compile step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import keras_tuner
+
+from nas.space import SearchSpace
+
+PRECISION_METRIC = "prec_at_rec"  # a name of our own: KerasTuner cannot rebuild the default one (STACK.md)
+PR_AUC_METRIC = "pr_auc"
+
+
+def _norm(x, kind: str):
+    if kind == "batch":
+        return keras.layers.BatchNormalization()(x)
+    if kind == "layer":
+        return keras.layers.LayerNormalization()(x)
+    return x
+
+
+def _pool(x, kind: str):
+    if kind == "none" or x.shape[1] is not None and x.shape[1] < 4:
+        return x  # never pool a map below 2 px: deep stacks on small inputs stay valid
+    layer = keras.layers.MaxPooling2D if kind == "max" else keras.layers.AveragePooling2D
+    return layer(2)(x)
+
+
+def _block(x, v: dict[str, Any], filters: int):
+    kind, k, act, norm = v["blocks.type"], v["blocks.kernel_size"], v["blocks.activation"], v["blocks.normalization"]
+    if kind == "separable":
+        y = keras.layers.SeparableConv2D(filters, k, padding="same", use_bias=norm == "none")(x)
+        y = keras.layers.Activation(act)(_norm(y, norm))
+    elif kind == "residual":
+        y = keras.layers.Conv2D(filters, k, padding="same", use_bias=norm == "none")(x)
+        y = keras.layers.Activation(act)(_norm(y, norm))
+        y = keras.layers.Conv2D(filters, k, padding="same", use_bias=norm == "none")(y)
+        y = _norm(y, norm)
+        shortcut = x if x.shape[-1] == filters else keras.layers.Conv2D(filters, 1, padding="same")(x)
+        y = keras.layers.Activation(act)(keras.layers.Add()([y, shortcut]))
+    else:
+        y = keras.layers.Conv2D(filters, k, padding="same", use_bias=norm == "none")(x)
+        y = keras.layers.Activation(act)(_norm(y, norm))
+    y = _pool(y, v["blocks.pooling"])
+    if v["blocks.dropout"] > 0:
+        y = keras.layers.SpatialDropout2D(v["blocks.dropout"])(y)
+    return y
+
+
+def build_network(v: dict[str, Any], image_size: int) -> keras.Model:
+    """The uncompiled network: (size, size, 1) frames in [0, 1] -> probability of 'positive'."""
+    inputs = keras.Input((image_size, image_size, 1), name="frame")
+    x = inputs
+    if v["stem.filters"] > 0:
+        x = keras.layers.Conv2D(v["stem.filters"], v["stem.kernel_size"], strides=v["stem.strides"], padding="same")(x)
+        x = keras.layers.Activation(v["blocks.activation"])(_norm(x, v["blocks.normalization"]))
+    for i in range(v["blocks.count"]):
+        filters = max(1, int(round(v["blocks.filters"] * v["blocks.growth"] ** i)))
+        x = _block(x, v, filters)
+    pooling = v["head.pooling"]
+    if pooling == "flatten":
+        x = keras.layers.Flatten()(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D()(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    if v["head.dropout"] > 0:
+        x = keras.layers.Dropout(v["head.dropout"])(x)
+    if v["head.dense"] > 0:
+        x = keras.layers.Dense(v["head.dense"], activation=v["blocks.activation"])(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    return keras.Model(inputs, outputs, name="haadf_classifier")
+
+
+def make_optimizer(v: dict[str, Any]) -> keras.optimizers.Optimizer:
+    name, lr, wd = v["optimizer.name"], v["optimizer.learning_rate"], v["optimizer.weight_decay"]
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=wd or 1e-4)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True, weight_decay=wd or None)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=lr, weight_decay=wd or None)
+    return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd or None)
+
+
+def compile_model(model: keras.Model, v: dict[str, Any], recall_floor: float) -> keras.Model:
+    model.compile(
+        optimizer=make_optimizer(v),
+        loss="binary_crossentropy",
+        metrics=[
+            keras.metrics.PrecisionAtRecall(recall_floor, name=PRECISION_METRIC),
+            keras.metrics.AUC(curve="PR", name=PR_AUC_METRIC),
+        ],
+    )
+    return model
+
+
+def build_model(v: dict[str, Any], image_size: int, recall_floor: float) -> keras.Model:
+    return compile_model(build_network(v, image_size), v, recall_floor)
+
+
+class SpaceHyperModel(keras_tuner.HyperModel):
+    """KerasTuner's view of a SearchSpace: build(hp) registers the space's dimensions and builds."""
+
+    def __init__(self, space: SearchSpace, image_size: int, recall_floor: float):
+        super().__init__(name=space.name)
+        self.space = space
+        self.image_size = image_size
+        self.recall_floor = recall_floor
+
+    def build(self, hp) -> keras.Model:
+        return build_model(self.space.resolve(hp), self.image_size, self.recall_floor)

@@ -1,0 +1,82 @@
+"""Frame normalization, written twice on purpose: numpy for the training cache, TensorFlow for the graph
+inside the exported SavedModel. Both run the same arithmetic (strided-subsample percentile clip, scale to
+[0, 1], box-overlap area resize as two matrix products), and a test keeps them equal to 1e-5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_PERCENTILE_SAMPLES = 1 << 18  # percentiles from a strided subsample: exact enough, bounded cost
+EPS = 1e-6
+
+
+def _stride(n_pixels: int) -> int:
+    return max(1, -(-n_pixels // MAX_PERCENTILE_SAMPLES))
+
+
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix: output pixel i averages the input pixels it overlaps, by overlap length."""
+    scale = n_in / n_out
+    lo = np.arange(n_out)[:, None] * scale
+    hi = lo + scale
+    j = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None)
+    return overlap / scale
+
+
+def normalize_np(frame: np.ndarray, size: int, clip: tuple[float, float]) -> np.ndarray:
+    """A 2-D frame of any dtype and size -> float32 (size, size) in [0, 1]."""
+    x = np.asarray(frame, dtype=np.float64)
+    sample = np.sort(x.reshape(-1)[:: _stride(x.size)])
+    lo, hi = (_percentile_sorted(sample, q) for q in clip)
+    x = np.clip((x - lo) / max(hi - lo, EPS), 0.0, 1.0)
+    out = area_weights(x.shape[0], size) @ x @ area_weights(x.shape[1], size).T
+    return out.astype(np.float32)
+
+
+def _percentile_sorted(sorted_values: np.ndarray, q: float) -> float:
+    """Linear-interpolation percentile of sorted values (numpy's default method), written out."""
+    pos = q / 100.0 * (sorted_values.size - 1)
+    i = int(np.floor(pos))
+    j = min(i + 1, sorted_values.size - 1)
+    return float(sorted_values[i] + (pos - i) * (sorted_values[j] - sorted_values[i]))
+
+
+def normalize_tf(frames, size: int, clip: tuple[float, float]):
+    """The same normalization in TensorFlow for a batch (B, H, W) of raw frames -> (B, size, size, 1)."""
+    import tensorflow as tf
+
+    x = tf.cast(frames, tf.float64)
+    shape = tf.shape(x)
+    b, h, w = shape[0], shape[1], shape[2]
+    n = h * w
+    stride = tf.maximum(1, (n + MAX_PERCENTILE_SAMPLES - 1) // MAX_PERCENTILE_SAMPLES)
+    sample = tf.sort(tf.reshape(x, [b, n])[:, ::stride], axis=-1)
+    count = tf.shape(sample)[1]
+
+    def percentile(q):
+        pos = q / 100.0 * tf.cast(count - 1, tf.float64)
+        i = tf.cast(tf.floor(pos), tf.int32)
+        j = tf.minimum(i + 1, count - 1)
+        frac = pos - tf.cast(i, tf.float64)
+        vi, vj = sample[:, i], sample[:, j]
+        return vi + frac * (vj - vi)
+
+    lo, hi = percentile(clip[0]), percentile(clip[1])
+    scale = tf.maximum(hi - lo, EPS)
+    x = tf.clip_by_value((x - lo[:, None, None]) / scale[:, None, None], 0.0, 1.0)
+    wy, wx = _area_weights_tf(h, size), _area_weights_tf(w, size)
+    out = tf.einsum("oh,bhw,pw->bop", wy, x, wx)
+    return tf.cast(out, tf.float32)[..., None]
+
+
+def _area_weights_tf(n_in, n_out: int):
+    import tensorflow as tf
+
+    scale = tf.cast(n_in, tf.float64) / n_out
+    lo = tf.range(n_out, dtype=tf.float64)[:, None] * scale
+    hi = lo + scale
+    j = tf.range(n_in, dtype=tf.float64)[None, :]
+    overlap = tf.maximum(tf.minimum(hi, j + 1) - tf.maximum(lo, j), 0.0)
+    return overlap / scale

@@ -1,0 +1,220 @@
+"""Run storage: the run folder, atomic writes, the append-only trial log, and the one-writer lock.
+
+Everything a run writes goes through here, so every write is either whole or absent after a kill:
+files are written to a temporary name, fsynced and renamed; the trial log is appended a line at a time
+and a torn last line (a kill mid-append) is dropped on read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nas.errors import LockedRunError, NasError
+
+EVENTS = ("search_started", "trial_started", "epoch", "trial_finished", "trial_failed", "trial_interrupted", "search_ended", "data_skipped")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a whole file or nothing: temp file in the same folder, fsync, rename, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()  # numpy scalars
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The folder of one run: results/<experiment>/<run-id>/ (layout in the README)."""
+
+    path: Path
+
+    @property
+    def experiment(self) -> Path:
+        return self.path / "experiment.toml"
+
+    @property
+    def space(self) -> Path:
+        return self.path / "search_space.yaml"
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.csv"
+
+    @property
+    def trials_log(self) -> Path:
+        return self.path / "trials.jsonl"
+
+    @property
+    def tuner(self) -> Path:
+        return self.path / "tuner"
+
+    @property
+    def trials(self) -> Path:
+        return self.path / "trials"
+
+    @property
+    def export(self) -> Path:
+        return self.path / "export"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / "LOCK"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.trials / trial_id
+
+    def check_exists(self) -> RunDir:
+        if not self.experiment.is_file():
+            raise NasError(f"{self.path}: not a run folder (no experiment.toml); expected results/<experiment>/<run-id>")
+        return self
+
+
+def append_event(log: Path, event: str, **fields: Any) -> dict[str, Any]:
+    """Append one event as a JSON line and fsync it: the log is the record of truth for trials."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}")
+    record = {"event": event, "time": round(time.time(), 3), **fields}
+    line = json.dumps(record, default=_jsonable, sort_keys=False) + "\n"
+    with open(log, "a") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return record
+
+
+def read_events(log: Path) -> list[dict[str, Any]]:
+    """All complete events; a torn line (a kill mid-append) is skipped, never fatal."""
+    if not Path(log).is_file():
+        return []
+    events = []
+    with open(log) as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # torn last line
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def repair_log(log: Path) -> int:
+    """Drop a torn last line in place (before appending after a crash); returns bytes removed."""
+    if not Path(log).is_file():
+        return 0
+    data = Path(log).read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data[: data.rfind(b"\n") + 1]
+    atomic_write_text(log, keep.decode())
+    return len(data) - len(keep)
+
+
+def trial_records(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Fold events into one record per trial: the latest outcome wins, epochs are collected."""
+    trials: dict[str, dict[str, Any]] = {}
+    for ev in events:
+        tid = ev.get("trial_id")
+        if tid is None:
+            continue
+        rec = trials.setdefault(tid, {"trial_id": tid, "status": "running", "epochs": []})
+        kind = ev["event"]
+        if kind == "trial_started":
+            rec.update(status="running", hyperparameters=ev.get("hyperparameters", {}), started=ev["time"])
+        elif kind == "epoch":
+            rec["epochs"] = [e for e in rec["epochs"] if e["epoch"] != ev["epoch"]] + [{k: v for k, v in ev.items() if k not in ("event", "trial_id")}]
+        elif kind == "trial_finished":
+            rec.update({k: v for k, v in ev.items() if k != "event"}, status="finished")
+        elif kind == "trial_failed":
+            rec.update(status="failed", reason=ev.get("reason", ""), seconds=ev.get("seconds"))
+        elif kind == "trial_interrupted":
+            if rec["status"] != "finished":
+                rec.update(status="interrupted", reason=ev.get("reason", ""))
+    return trials
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    """Hold LOCK while writing a run; a lock left by a dead process on this host is taken over."""
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(run.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(run.lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            pid, host = holder.get("pid"), holder.get("host")
+            if pid and host == me["host"] and not _pid_alive(int(pid)) or not pid:
+                run.lock.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            raise LockedRunError(
+                f"{run.path}: run is locked by process {pid} on {host} (since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))}); "
+                f"wait for it to finish or stop it, then run 'nas resume {run.path}'"
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        break
+    else:
+        raise LockedRunError(f"{run.path}: could not take the run lock")
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(run.lock.read_text()).get("pid") == me["pid"]:
+                run.lock.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass

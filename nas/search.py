@@ -1,0 +1,323 @@
+"""The search driver: prepare a run, build the tuner, run trials that report the exact objective.
+
+KerasTuner's oracles (random, Bayesian, Hyperband) propose hyperparameters; NasTuner.run_trial trains,
+keeps the best epoch's weights, scores the trial exactly from its validation probabilities, writes the
+trial's files and its events, and reports one number back to the oracle. The search never reads the
+test split.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import keras_tuner  # noqa: E402
+import numpy as np  # noqa: E402
+from keras_tuner.src.engine import base_tuner  # noqa: E402
+
+from nas import config as config_mod  # noqa: E402
+from nas import data as data_mod  # noqa: E402
+from nas.errors import NasError  # noqa: E402
+from nas.models import PR_AUC_METRIC, PRECISION_METRIC, SpaceHyperModel, build_model  # noqa: E402
+from nas.objective import oracle_score, precision_at_recall, tie_break_value  # noqa: E402
+from nas.runlog import RunDir, append_event, atomic_write_text, repair_log, run_lock  # noqa: E402
+from nas.space import SearchSpace, load_space, parse_space  # noqa: E402
+
+OBJECTIVE = keras_tuner.Objective("score", direction="max")
+EventSink = Callable[[dict[str, Any]], None]
+CACHE_FOLDER = ".cache"
+
+
+class BudgetExhausted(keras_tuner.errors.FatalError):
+    """The time budget ran out; the in-flight trial stays open in the oracle so resume re-runs it."""
+
+
+@dataclass
+class TrialData:
+    """What every trial trains and validates on: rows of one cached array (the test rows are not here)."""
+
+    frames: np.ndarray
+    labels: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    class_weight: dict[int, float] | None
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Append one 'epoch' event per finished epoch and remember the best epoch's weights in memory."""
+
+    def __init__(self, emit: Callable[..., None], trial_id: str, deadline: float | None):
+        super().__init__()
+        self.emit, self.trial_id, self.deadline = emit, trial_id, deadline
+        self.best_key: tuple[float, float] | None = None
+        self.best_epoch = 0
+        self.best_weights = None
+        self.out_of_time = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.emit("epoch", trial_id=self.trial_id, epoch=epoch + 1, **logs)
+        key = (logs.get(f"val_{PRECISION_METRIC}", 0.0), logs.get(f"val_{PR_AUC_METRIC}", 0.0))
+        if not all(map(math.isfinite, key)):
+            key = (-1.0, -1.0)
+        if self.best_key is None or key > self.best_key:
+            self.best_key, self.best_epoch = key, epoch + 1
+            self.best_weights = self.model.get_weights()
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.out_of_time = True
+            self.model.stop_training = True
+
+
+def measure_latency_ms(model: keras.Model, image_size: int, repeats: int = 20) -> float:
+    """Median wall time of one forward pass at batch 1 on this machine, in milliseconds."""
+    x = np.zeros((1, image_size, image_size, 1), np.float32)
+    predict = _compiled(model)
+    for _ in range(3):
+        predict(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def _compiled(model: keras.Model):
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: fn(x).numpy()
+
+
+class NasTuner(base_tuner.BaseTuner):
+    """A KerasTuner tuner whose trials report the exact validation precision at the recall floor."""
+
+    def __init__(self, oracle, hypermodel: SpaceHyperModel, run: RunDir, exp: config_mod.Experiment,
+                 data: TrialData, emit: Callable[..., None], deadline: float | None):
+        self.run, self.exp, self.data, self.emit, self.deadline = run, exp, data, emit, deadline
+        super().__init__(oracle, hypermodel, directory=str(run.tuner), project_name="search", overwrite=False)
+
+    def pre_create_trial(self):
+        if self.deadline is not None and time.time() >= self.deadline:
+            raise BudgetExhausted("time budget reached")
+
+    def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+        exp = self.exp
+        hp = trial.hyperparameters
+        tid = trial.trial_id
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(exp["search"]["seed"] * 100_003 + int(tid))
+        values = self.hypermodel.space.resolve(hp)
+        searched = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+        fidelity = {k[len("tuner/"):]: v for k, v in hp.values.items() if k.startswith("tuner/")}
+        epochs = int(fidelity.get("epochs", exp["budget"]["epochs"]))
+        initial_epoch = int(fidelity.get("initial_epoch", 0))
+        self.emit("trial_started", trial_id=tid, hyperparameters=searched, fidelity=fidelity, epochs=epochs)
+        tdir = self.run.trial_dir(tid)
+        tdir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            model = build_model(values, self.hypermodel.image_size, self.hypermodel.recall_floor)
+            if "trial_id" in fidelity:  # Hyperband: continue from the earlier round's best weights
+                model.load_weights(self.run.trial_dir(fidelity["trial_id"]) / "best.weights.h5")
+            outcome = self._fit_and_score(model, tid, epochs, initial_epoch)
+        except BudgetExhausted:
+            self.emit("trial_interrupted", trial_id=tid, reason="time budget reached during the trial")
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}".strip()[:2000]
+            self.emit("trial_failed", trial_id=tid, reason=reason, seconds=round(time.perf_counter() - t0, 3))
+            raise keras_tuner.errors.FailedTrialError(reason) from exc
+        outcome.update(trial_id=tid, hyperparameters=searched, fidelity=fidelity, seconds=round(time.perf_counter() - t0, 3))
+        self.emit("trial_finished", **outcome)
+        return {"score": oracle_score(outcome["objective"], outcome["tie_break"])}
+
+    def _fit_and_score(self, model: keras.Model, tid: str, epochs: int, initial_epoch: int) -> dict[str, Any]:
+        exp, data = self.exp, self.data
+        batch = exp["search"]["batch_size"]
+        seed = exp["search"]["seed"] * 100_003 + int(tid)
+        train = data_mod.make_dataset(data.frames, data.labels, data.train_rows, batch, shuffle=True, seed=seed)
+        val = data_mod.make_dataset(data.frames, data.labels, data.val_rows, batch, shuffle=False)
+        log = _EpochLog(self.emit, tid, self.deadline)
+        callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), log]
+        patience = exp["training"]["early_stopping_patience"]
+        if patience:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor=f"val_{PR_AUC_METRIC}", mode="max", patience=patience))
+        fit_t0 = time.perf_counter()
+        history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+                            class_weight=data.class_weight, callbacks=callbacks, verbose=0)
+        fit_seconds = time.perf_counter() - fit_t0
+        losses = history.history.get("loss", [])
+        if any(not math.isfinite(v) for v in losses):
+            raise FloatingPointError(f"loss became NaN or infinite at epoch {initial_epoch + len(losses)}")
+        epochs_run = initial_epoch + len(losses)
+        if log.out_of_time and epochs_run < epochs:
+            raise BudgetExhausted("time budget reached during the trial")
+        if log.best_weights is not None:
+            model.set_weights(log.best_weights)
+        tdir = self.run.trial_dir(tid)
+        tmp = tdir / "best.tmp.weights.h5"
+        model.save_weights(tmp)
+        os.replace(tmp, tdir / "best.weights.h5")
+        y_val = data.labels[data.val_rows]
+        prob = model.predict(val, verbose=0).ravel()
+        np.save(tdir / "val_probs.npy", prob)  # small; rewritten whole if a trial reruns
+        floor = exp["objective"]["recall_floor"]
+        op = precision_at_recall(y_val, prob, floor)
+        params = int(model.count_params())
+        latency = measure_latency_ms(model, data.frames.shape[1])
+        tie_name = exp["objective"]["tie_break"]
+        tie = tie_break_value(tie_name, y_val, prob, params=params, latency_ms=latency)
+        return {
+            "objective": op.precision, "recall": op.recall, "threshold": op.threshold, "reason": op.reason,
+            "tie_break": tie, "tie_break_name": tie_name, "pr_auc": tie_break_value("pr_auc", y_val, prob),
+            "val_loss": _at_epoch(history.history.get("val_loss", []), log.best_epoch - initial_epoch - 1),
+            "params": params, "latency_ms": round(latency, 4), "epochs_run": epochs_run,
+            "best_epoch": log.best_epoch, "fit_seconds": round(fit_seconds, 3), "split": "val",
+        }
+
+    def save_model(self, trial_id, model, step=0):
+        model.save_weights(self.run.trial_dir(trial_id) / "best.weights.h5")
+
+    def load_model(self, trial):
+        hm: SpaceHyperModel = self.hypermodel
+        model = hm.build(trial.hyperparameters)
+        model.load_weights(self.run.trial_dir(trial.trial_id) / "best.weights.h5")
+        return model
+
+
+def _at_epoch(values: list[float], index: int) -> float | None:
+    return float(values[index]) if 0 <= index < len(values) else None
+
+
+def make_oracle(exp: config_mod.Experiment, space: SearchSpace):
+    """The proposal algorithm named by search.tuner."""
+    s, b = exp["search"], exp["budget"]
+    common = dict(objective=OBJECTIVE, seed=s["seed"] + 1,  # KerasTuner reads seed 0 as "no seed"
+                  max_consecutive_failed_trials=s["max_consecutive_failures"])
+    tuner = s["tuner"]
+    if tuner == "random":
+        return keras_tuner.oracles.RandomSearchOracle(max_trials=b["max_trials"], **common)
+    if tuner == "bayesian":
+        return keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=b["max_trials"], num_initial_points=min(s["bayesian_initial_points"], b["max_trials"]), **common)
+    if tuner == "hyperband":
+        # brackets repeat until max_trials caps them, so the budget means the same for every tuner
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max(2, b["epochs"]), factor=s["hyperband_factor"],
+                                                     hyperband_iterations=b["max_trials"], **common)
+        oracle.max_trials = b["max_trials"]
+        return oracle
+    raise NasError(f"search.tuner = {tuner!r} is not available yet in this version; use random, bayesian or hyperband")
+
+
+def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, resume: bool,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[TrialData, data_mod.CachedData]:
+    """Scan and validate the data (or re-read the frozen split on resume) and build the cache."""
+    d = exp["data"]
+    root = Path(d["path"])
+    if resume:
+        records, splits = data_mod.read_split(run.split, d["positive"])
+    else:
+        records = data_mod.scan(root, d["positive"], d["negative"])
+        splits = None
+    cached = data_mod.build_cache(records, root, cache_root, d["image_size"], tuple(d["clip_percentiles"]),
+                                  skip_bad=d["skip_bad"], progress=progress)
+    if splits is None:
+        splits = data_mod.make_split(cached.records, tuple(d["split"]), d["seed"])
+        data_mod.write_split(run.split, cached.records, splits, d["positive"], d["negative"])
+    else:
+        kept = {r.path for r in cached.records}
+        splits = [s for r, s in zip(records, splits, strict=True) if r.path in kept]
+    split_arr = np.array(splits)
+    labels = cached.labels
+    train_rows, val_rows = np.flatnonzero(split_arr == "train"), np.flatnonzero(split_arr == "val")
+    weights = data_mod.class_weights(labels[train_rows]) if exp["training"]["class_weight"] == "auto" else None
+    return TrialData(cached.frames, labels, train_rows, val_rows, weights), cached
+
+
+def _event_writer(run: RunDir, sink: EventSink | None) -> Callable[..., None]:
+    def emit(event: str, **fields):
+        record = append_event(run.trials_log, event, **fields)
+        if sink:
+            sink(record)
+
+    return emit
+
+
+def new_run_dir(exp: config_mod.Experiment, results: Path, run_id: str | None) -> RunDir:
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
+    run = RunDir(results / exp.name / run_id)
+    if run.path.exists() and any(run.path.iterdir()):
+        raise NasError(f"{run.path}: run already exists; continue it with 'nas resume {run.path}' or pick another --run-id")
+    run.path.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def start_search(exp: config_mod.Experiment, results: Path, run_id: str | None = None, *,
+                 sink: EventSink | None = None, progress: Callable[[int, int], None] | None = None) -> RunDir:
+    """Create a run folder, freeze the config and space into it, and search until the budget ends."""
+    space = load_space(exp["search"]["space"])
+    make_oracle(exp, space)  # refuse an unavailable tuner before any work
+    run = new_run_dir(exp, results, run_id)
+    with run_lock(run):
+        atomic_write_text(run.experiment, exp.to_toml())
+        atomic_write_text(run.space, space.text)
+        return _search(exp, space, run, results, resume=False, sink=sink, progress=progress)
+
+
+def resume_search(run_path: Path, *, max_trials: int | None = None, time_budget: float | None = None,
+                  sink: EventSink | None = None, progress: Callable[[int, int], None] | None = None) -> RunDir:
+    """Continue a run from its frozen config and space; only the budget may be extended."""
+    run = RunDir(Path(run_path)).check_exists()
+    with run_lock(run):
+        exp = config_mod.load_experiment(run.experiment, resolve_paths=False)
+        if max_trials is not None:
+            exp = exp.with_values("budget", "max_trials", max_trials)
+        if time_budget is not None:
+            exp = exp.with_values("budget", "time_budget", time_budget)
+        atomic_write_text(run.experiment, exp.to_toml())
+        space = parse_space(run.space.read_text(), str(run.space))
+        repair_log(run.trials_log)
+        results = run.path.parent.parent
+        return _search(exp, space, run, results, resume=True, sink=sink, progress=progress)
+
+
+def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progress) -> RunDir:
+    emit = _event_writer(run, sink)
+    data, cached = prepare_data(exp, run, results / CACHE_FOLDER, resume=resume and run.split.is_file(), progress=progress)
+    for path, reason in cached.skipped:
+        emit("data_skipped", path=path, reason=reason)
+    budget = exp["budget"]["time_budget"]
+    deadline = time.time() + budget if budget else None
+    emit("search_started", resumed=resume, tuner=exp["search"]["tuner"], space=space.name,
+         max_trials=exp["budget"]["max_trials"], time_budget=budget,
+         train=int(len(data.train_rows)), val=int(len(data.val_rows)), skipped=len(cached.skipped))
+    oracle = make_oracle(exp, space)
+    hypermodel = SpaceHyperModel(space, exp["data"]["image_size"], exp["objective"]["recall_floor"])
+    tuner = NasTuner(oracle, hypermodel, run, exp, data, emit, deadline)
+    oracle.verbose = 0
+    if hasattr(oracle, "max_trials"):
+        oracle.max_trials = exp["budget"]["max_trials"]
+    reason = "budget of trials reached"
+    try:
+        tuner.search()
+    except BudgetExhausted:
+        reason = "time budget reached"
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        emit("search_ended", reason="too many consecutive failed trials")
+        raise NasError(
+            f"search stopped: {exp['search']['max_consecutive_failures']} consecutive trials failed "
+            f"(see {run.trials_log}); finished trials are kept. Last error: {str(exc).splitlines()[-1][:300]}"
+        ) from None
+    emit("search_ended", reason=reason)
+    return run

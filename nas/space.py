@@ -1,0 +1,243 @@
+"""Declarative search spaces: a small YAML language for CNN families, validated, then built with KerasTuner.
+
+A value in a space file is either a constant (``kernel_size: 3``) or a searched dimension:
+
+    {choice: [8, 16, 32]}                          one of a list
+    {int: [1, 4]}            {int: [8, 64], step: 8}      an integer range (sampling: linear | log)
+    {float: [0.0, 0.5]}      {float: [1.0e-4, 1.0e-2], sampling: log}
+
+Sections and keys are fixed (SPACE_SCHEMA); anything else is an error that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nas.errors import NasError
+
+BLOCK_TYPES = ("conv", "residual", "separable")
+
+
+@dataclass(frozen=True)
+class Param:
+    """What one key accepts: the value kind and its allowed values or bounds."""
+
+    kind: type  # int, float, str or bool
+    default: Any
+    options: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+SPACE_SCHEMA: dict[str, dict[str, Param]] = {
+    "stem": {
+        "filters": Param(int, 0, low=0, high=512),  # 0: no stem
+        "kernel_size": Param(int, 3, low=1, high=9),
+        "strides": Param(int, 1, low=1, high=4),
+    },
+    "blocks": {
+        "type": Param(str, "conv", options=BLOCK_TYPES),
+        "count": Param(int, 2, low=1, high=8),
+        "filters": Param(int, 16, low=1, high=1024),
+        "growth": Param(float, 2.0, low=1.0, high=4.0),
+        "kernel_size": Param(int, 3, low=1, high=9),
+        "normalization": Param(str, "batch", options=("none", "batch", "layer")),
+        "activation": Param(str, "relu", options=("relu", "gelu", "swish", "elu")),
+        "pooling": Param(str, "max", options=("max", "avg", "none")),
+        "dropout": Param(float, 0.0, low=0.0, high=0.9),
+    },
+    "head": {
+        "pooling": Param(str, "avg", options=("avg", "max", "flatten")),
+        "dense": Param(int, 0, low=0, high=2048),
+        "dropout": Param(float, 0.0, low=0.0, high=0.9),
+    },
+    "optimizer": {
+        "name": Param(str, "adam", options=("adam", "adamw", "sgd", "rmsprop")),
+        "learning_rate": Param(float, 1e-3, low=1e-6, high=1.0),
+        "weight_decay": Param(float, 0.0, low=0.0, high=0.5),
+    },
+    "autokeras": {
+        "block_type": Param(str, "vanilla", options=("vanilla", "resnet", "xception")),
+        "normalize": Param(bool, False),
+        "augment": Param(bool, False),
+        "dropout": Param(float, 0.0, low=0.0, high=0.9),
+    },
+}
+TOP_KEYS = {"name", "description", *SPACE_SCHEMA}
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """A searched (or constant) value, named by its dotted key, e.g. 'blocks.filters'."""
+
+    name: str
+    param: Param
+    constant: Any = None
+    choice: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    sampling: str = "linear"
+
+    @property
+    def searched(self) -> bool:
+        return self.constant is None
+
+    def register(self, hp) -> Any:
+        """Declare this dimension on a KerasTuner HyperParameters object and return its value."""
+        if not self.searched:
+            return self.constant
+        if self.choice is not None:
+            return hp.Choice(self.name, list(self.choice))
+        if self.param.kind is int:
+            return hp.Int(self.name, int(self.low), int(self.high), step=int(self.step) if self.step else None, sampling=self.sampling)
+        return hp.Float(self.name, float(self.low), float(self.high), step=self.step, sampling=self.sampling)
+
+
+def _where(source: str, key: str) -> str:
+    return f"{source}: {key}"
+
+
+def _check_scalar(value: Any, param: Param, source: str, key: str) -> Any:
+    kind = param.kind
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+        raise NasError(f"{_where(source, key)}: expected a {kind.__name__}, got {value!r}")
+    if param.options is not None and value not in param.options:
+        raise NasError(f"{_where(source, key)}: expected one of {', '.join(map(str, param.options))}, got {value!r}")
+    if param.low is not None and not (param.low <= value <= param.high):
+        raise NasError(f"{_where(source, key)}: expected a value in [{param.low:g}, {param.high:g}], got {value!r}")
+    return value
+
+
+def _parse_dimension(name: str, raw: Any, param: Param, source: str) -> Dimension:
+    if not isinstance(raw, dict):
+        return Dimension(name, param, constant=_check_scalar(raw, param, source, name))
+    kinds = [k for k in ("choice", "int", "float") if k in raw]
+    if len(kinds) != 1:
+        raise NasError(f"{_where(source, name)}: expected a constant or exactly one of choice/int/float, got {raw!r}")
+    kind = kinds[0]
+    extra = set(raw) - {kind, "step", "sampling"}
+    if extra:
+        raise NasError(f"{_where(source, name)}: unknown field(s) {', '.join(sorted(extra))}; expected step or sampling")
+    if kind == "choice":
+        options = raw["choice"]
+        if not isinstance(options, list) or not options:
+            raise NasError(f"{_where(source, name)}: choice must be a non-empty list, got {options!r}")
+        if len(set(map(repr, options))) != len(options):
+            raise NasError(f"{_where(source, name)}: choice lists a value twice: {options!r}")
+        if set(raw) != {"choice"}:
+            raise NasError(f"{_where(source, name)}: step and sampling apply to int and float ranges, not choice")
+        values = tuple(_check_scalar(v, param, source, name) for v in options)
+        return Dimension(name, param, choice=values)
+    if param.kind not in (int, float):
+        raise NasError(f"{_where(source, name)}: a {kind} range needs a numeric key; use choice for {param.kind.__name__} values")
+    if kind == "int" and param.kind is not int:
+        raise NasError(f"{_where(source, name)}: expected a float range for this key, got an int range")
+    if kind == "float" and param.kind is not float:
+        raise NasError(f"{_where(source, name)}: expected an int range for this key, got a float range")
+    bounds = raw[kind]
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise NasError(f"{_where(source, name)}: {kind} range must be [min, max], got {bounds!r}")
+    low, high = (_check_scalar(b, param, source, name) for b in bounds)
+    if low > high:
+        raise NasError(f"{_where(source, name)}: range min {low!r} > max {high!r}")
+    sampling = raw.get("sampling", "linear")
+    if sampling not in ("linear", "log"):
+        raise NasError(f"{_where(source, name)}: sampling must be linear or log, got {sampling!r}")
+    if sampling == "log" and low <= 0:
+        raise NasError(f"{_where(source, name)}: log sampling needs min > 0, got {low!r}")
+    step = raw.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
+            raise NasError(f"{_where(source, name)}: step must be a number > 0, got {step!r}")
+        if kind == "int" and int(step) != step:
+            raise NasError(f"{_where(source, name)}: an int range needs an integer step, got {step!r}")
+        if sampling == "log":
+            raise NasError(f"{_where(source, name)}: use step or log sampling, not both")
+    return Dimension(name, param, low=low, high=high, step=step, sampling=sampling)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space: one Dimension per key, constants included."""
+
+    name: str
+    description: str
+    dimensions: dict[str, Dimension]
+    sections: frozenset[str]
+    source: str
+    text: str
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what the space means (not its comments), so resume can refuse a changed space."""
+        meaning = {k: repr(v) for k, v in sorted(self.dimensions.items())}
+        return hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:16]
+
+    def searched(self) -> list[Dimension]:
+        return [d for d in self.dimensions.values() if d.searched]
+
+    def resolve(self, hp) -> dict[str, Any]:
+        """All values of one trial, constants and searched ones, registered on `hp` as a side effect."""
+        return {name: dim.register(hp) for name, dim in self.dimensions.items()}
+
+    def size_hint(self) -> float:
+        """Number of distinct configurations (inf when a float range is continuous)."""
+        total = 1.0
+        for d in self.searched():
+            if d.choice is not None:
+                total *= len(d.choice)
+            elif d.step:
+                total *= math.floor((d.high - d.low) / d.step) + 1
+            elif d.param.kind is int:
+                total *= d.high - d.low + 1
+            else:
+                return math.inf
+        return total
+
+
+def parse_space(text: str, source: str = "<space>") -> SearchSpace:
+    """Parse and validate a space from YAML text."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise NasError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise NasError(f"{source}: expected a mapping of sections (stem, blocks, head, optimizer, autokeras)")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise NasError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; expected: {', '.join(sorted(TOP_KEYS))}")
+    name = raw.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name:
+        raise NasError(f"{source}: name must be a non-empty string")
+    dims: dict[str, Dimension] = {}
+    sections = frozenset(s for s in SPACE_SCHEMA if s in raw)
+    if not sections & {"blocks", "autokeras"}:
+        raise NasError(f"{source}: a space needs a blocks section (KerasTuner) or an autokeras section")
+    for section, params in SPACE_SCHEMA.items():
+        table = raw.get(section) or {}
+        if not isinstance(table, dict):
+            raise NasError(f"{source}: {section} must be a mapping, got {table!r}")
+        for key in table:
+            if key not in params:
+                raise NasError(f"{source}: unknown key {section}.{key}; expected one of: {', '.join(params)}")
+        for key, param in params.items():
+            dotted = f"{section}.{key}"
+            dims[dotted] = _parse_dimension(dotted, table.get(key, param.default), param, source)
+    return SearchSpace(name, str(raw.get("description", "")), dims, sections, source, text)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    if not path.is_file():
+        raise NasError(f"{path}: search-space file not found")
+    return parse_space(path.read_text(), str(path))

@@ -1,0 +1,159 @@
+"""Data ingest: every bad input is one clear error naming the file (or skipped and counted), splits are
+stratified, grouped and seeded, the cache decodes each frame once, and both normalizations agree."""
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+
+from nas import data
+from nas.errors import NasError
+from nas.preprocess import normalize_np, normalize_tf
+
+from .conftest import cli, write_experiment
+
+
+def make_folder_data(root, n=12, size=24, seed=0):
+    rng = np.random.default_rng(seed)
+    for label in ("positive", "negative"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            tifffile.imwrite(root / label / f"{i:03d}.tif", rng.integers(0, 60000, (size, size), dtype=np.uint16))
+    return root
+
+
+BAD_FILES = {
+    "rgb.tif": (lambda p: tifffile.imwrite(p, np.zeros((16, 16, 3), np.uint8), photometric="rgb"), "RGB"),
+    "corrupt.tif": (lambda p: p.write_bytes(b"II*\x00" + b"\x13" * 40), "not a readable TIFF"),
+    "empty.tif": (lambda p: p.write_bytes(b""), "empty file"),
+    "stack.tif": (lambda p: tifffile.imwrite(p, np.arange(768, dtype=np.uint16).reshape(3, 16, 16), photometric="minisblack"), "stack of 3 frames"),
+    "constant.tif": (lambda p: tifffile.imwrite(p, np.full((16, 16), 7, np.uint16)), "constant image"),
+    "nan.tif": (lambda p: tifffile.imwrite(p, np.where(np.eye(16) > 0, np.nan, 1.0).astype(np.float32)), "NaN"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_frame_is_a_clear_error_naming_the_file(tmp_path, name):
+    write, expected = BAD_FILES[name]
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(NasError) as info:
+        data.read_frame(path)
+    assert str(path) in str(info.value) and expected in str(info.value)
+
+
+def test_truncated_tiff_is_refused(tmp_path):
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(NasError, match="cut.tif"):
+        data.read_frame(cut)
+
+
+def test_accepted_dtypes_are_read(tmp_path):
+    for dtype in (np.uint8, np.uint16, np.int16, np.float32):
+        p = tmp_path / f"{np.dtype(dtype).name}.tif"
+        tifffile.imwrite(p, (np.arange(256).reshape(16, 16) % 100).astype(dtype))
+        assert data.read_frame(p).shape == (16, 16)
+
+
+def test_labels_csv_problems_name_the_line_and_file(tmp_path):
+    root = make_folder_data(tmp_path / "d", n=3)
+    labels = root / "labels.csv"
+    cases = [
+        ("positive/000.tif,positive\nmissing.tif,negative\n", "image 'missing.tif' not found"),
+        ("../outside.tif,positive\n", "outside the data folder"),
+        ("positive/000.tif,maybe\n", "unknown label 'maybe'"),
+        ("positive/000.tif,positive\npositive/000.tif,positive\n", "listed twice"),
+    ]
+    (tmp_path / "outside.tif").write_bytes(b"x")
+    for body, expected in cases:
+        labels.write_text("path,label\n" + body)
+        with pytest.raises(NasError) as info:
+            data.scan(root)
+        assert expected in str(info.value) and "labels.csv:" in str(info.value)
+    labels.write_text("file,label\n")
+    with pytest.raises(NasError, match="missing column"):
+        data.scan(root)
+
+
+def test_empty_class_is_refused(tmp_path):
+    root = make_folder_data(tmp_path / "d", n=3)
+    shutil.rmtree(root / "negative")
+    (root / "negative").mkdir()
+    with pytest.raises(NasError, match="class 'negative' has no images"):
+        data.scan(root)
+
+
+def test_bad_tiff_stops_search_before_any_trial_or_is_skipped_and_counted(tmp_path, tiny_data):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    bad = root / "negative" / "rgb.tif"
+    tifffile.imwrite(bad, np.zeros((48, 48, 3), np.uint8), photometric="rgb")
+    with open(root / "labels.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow(["negative/rgb.tif", "negative", "chip00"])
+    exp = write_experiment(tmp_path / "e.toml", root, budget={"max_trials": 1, "epochs": 1})
+    res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "a")
+    assert res.code == 2 and str(bad) in res.err and "RGB" in res.err
+    assert not (tmp_path / "res" / "tiny" / "a" / "tuner").exists()
+
+    res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "b", "--set", "data.skip_bad=true")
+    assert res.code == 0, res.err
+    assert "1 bad frames skipped" in res.out
+    log = (tmp_path / "res" / "tiny" / "b" / "trials.jsonl").read_text()
+    assert '"event": "data_skipped"' in log and "rgb.tif" in log
+
+
+def test_split_is_stratified_grouped_seeded_and_persisted(tiny_data, finished_run):
+    records = data.scan(tiny_data)
+    a = data.make_split(records, (0.7, 0.15, 0.15), seed=0)
+    assert a == data.make_split(records, (0.7, 0.15, 0.15), seed=0)
+    groups_in = {s: {r.group for r, x in zip(records, a, strict=True) if x == s} for s in data.SPLITS}
+    assert not (groups_in["train"] & groups_in["val"] or groups_in["train"] & groups_in["test"] or groups_in["val"] & groups_in["test"])
+    for s in data.SPLITS:
+        assert {r.label for r, x in zip(records, a, strict=True) if x == s} == {0, 1}
+    ungrouped = [data.Record(r.path, r.label) for r in records]
+    b = data.make_split(ungrouped, (0.5, 0.25, 0.25), seed=4)
+    for cls in (0, 1):
+        n = sum(r.label == cls for r in ungrouped)
+        assert sum(r.label == cls and x == "val" for r, x in zip(ungrouped, b, strict=True)) == round(0.25 * n)
+    rows = list(csv.DictReader(open(finished_run / "split.csv")))
+    assert {r["split"] for r in rows} == set(data.SPLITS) and len(rows) == len(records)
+
+
+def test_cache_decodes_once_and_rebuilds_only_what_changed(tmp_path):
+    root = make_folder_data(tmp_path / "d", n=5)
+    records = data.scan(root)
+    first = data.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
+    assert first.rebuilt == 10 and first.frames.shape == (10, 16, 16)
+    again = data.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
+    assert again.rebuilt == 0
+    np.testing.assert_array_equal(np.asarray(first.frames), np.asarray(again.frames))
+    touched = root / records[3].path
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = data.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
+    assert third.rebuilt == 1
+    other = data.build_cache(records, root, tmp_path / "cache", 20, (1, 99))
+    assert other.rebuilt == 10 and other.frames.shape[1] == 20
+
+
+def test_same_content_under_two_labels_is_refused(tmp_path):
+    root = make_folder_data(tmp_path / "d", n=3)
+    shutil.copy(root / "positive" / "000.tif", root / "negative" / "dup.tif")
+    with pytest.raises(NasError, match="same image content"):
+        data.build_cache(data.scan(root), root, tmp_path / "cache", 16, (1, 99))
+
+
+@pytest.mark.parametrize("shape, size", [((48, 48), 32), ((100, 60), 32), ((700, 700), 64), ((20, 20), 32)])
+def test_numpy_and_tensorflow_normalization_agree(shape, size):
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 65535, shape).astype(np.uint16)
+    a = normalize_np(frame, size, (0.5, 99.5))
+    b = normalize_tf(frame[None].astype(np.float32), size, (0.5, 99.5)).numpy()[0, ..., 0]
+    assert a.shape == (size, size) and 0 <= a.min() and a.max() <= 1
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -1,0 +1,112 @@
+"""`nas export` and `nas predict`: calibrate on val, test once, one SavedModel serving raw frames that a
+clean process (no nas, no autokeras) loads with the same results as `nas predict`."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nas import export as export_mod
+from nas.objective import precision_at_recall, rank_key
+from nas.runlog import read_events, trial_records
+
+from .conftest import cli
+
+CLEAN_SERVE = r"""
+import json, sys
+import numpy as np, tensorflow as tf, tifffile
+model = tf.saved_model.load(sys.argv[1])
+serve = model.signatures["serving_default"]
+out = {}
+for path in sys.argv[2:]:
+    frame = tifffile.imread(path).astype(np.float32)
+    out[path] = float(serve(frames=tf.constant(frame[None]))["probability"].numpy()[0])
+assert "nas" not in sys.modules and "autokeras" not in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_export_writes_the_artifacts_and_card(exported_run):
+    for name in ("saved_model", "model.keras", "model_card.json", "MODEL_CARD.md", "trials.jsonl", "split.csv",
+                 "pr_curve.png", "confusion_matrix.png", "score_histograms.png"):
+        assert (exported_run / name).exists(), name
+    card = json.loads((exported_run / "model_card.json").read_text())
+    assert card["recall_floor"] == 0.9 and card["threshold_from"] == "val"
+    for key in ("precision", "recall", "weighted_f1", "pr_auc", "confusion_matrix", "precision_95ci"):
+        assert key in card["metrics"]["test"], key
+    assert (exported_run / "pr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (exported_run.parent / "trials.jsonl").read_bytes() == (exported_run / "trials.jsonl").read_bytes()
+
+
+def test_export_takes_the_best_trial_with_its_best_epoch_and_calibrates_on_val(exported_run, finished_run):
+    card = json.loads((exported_run / "model_card.json").read_text())
+    trials = trial_records(read_events(finished_run / "trials.jsonl"))
+    best = min(trials.values(), key=rank_key)
+    assert card["trial_id"] == best["trial_id"]
+    # the exported weights reproduce the trial's scored validation probabilities -> same threshold
+    rows = list(csv.DictReader(open(finished_run / "split.csv")))
+    y = np.array([r["label"] == "positive" for r in rows if r["split"] == "val"], dtype=int)
+    prob = np.load(finished_run / "trials" / best["trial_id"] / "val_probs.npy")
+    assert card["threshold"] == pytest.approx(precision_at_recall(y, prob, 0.9).threshold, abs=1e-6)
+    assert card["metrics"]["val"]["precision_at_floor"] == pytest.approx(best["objective"], abs=1e-9)
+
+
+def test_clean_process_saved_model_equals_nas_predict_on_other_size_frames(exported_run, tiny_data, tmp_path):
+    frames = sorted((tiny_data / "positive").glob("*.tif"))[:3] + sorted((tiny_data / "negative").glob("*.tif"))[:3]
+    out_csv = tmp_path / "preds.csv"
+    res = cli("predict", exported_run, *frames, "--out", out_csv)
+    assert res.code == 0, res.err
+    rows = {r["path"]: r for r in csv.DictReader(open(out_csv))}
+    clean = subprocess.run([sys.executable, "-c", CLEAN_SERVE, str(exported_run / "saved_model"), *map(str, frames)],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    served = json.loads(clean.stdout.strip().splitlines()[-1])
+    threshold = json.loads((exported_run / "model_card.json").read_text())["threshold"]
+    assert len(served) == 6
+    for path, prob in served.items():
+        assert float(rows[path]["probability"]) == pytest.approx(prob, abs=1e-5)
+        assert int(rows[path]["decision"]) == int(prob >= threshold)
+
+
+def test_uint16_signature_and_keras_file_agree(exported_run, tiny_data):
+    import tifffile
+
+    frame = tifffile.imread(sorted((tiny_data / "positive").glob("*.tif"))[0])
+    loaded = tf.saved_model.load(str(exported_run / "saved_model"))
+    a = loaded.signatures["serving_default"](frames=tf.constant(frame[None].astype(np.float32)))
+    b = loaded.signatures["serve_uint16"](frames=tf.constant(frame[None]))
+    np.testing.assert_allclose(a["probability"].numpy(), b["probability"].numpy(), atol=1e-6)
+    import keras
+
+    model = keras.saving.load_model(exported_run / "model.keras", safe_mode=True)
+    assert model.output_shape == (None, 1)
+
+
+def test_predict_reports_a_bad_file_on_its_row_and_goes_on(exported_run, tiny_data, tmp_path):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    good = sorted((tiny_data / "positive").glob("*.tif"))[:2]
+    res = cli("predict", exported_run, good[0], bad, good[1], "--threshold", "0.0")
+    assert res.code == 0, res.err
+    rows = list(csv.DictReader(res.out.splitlines()))
+    assert [r["path"] for r in rows] == [str(good[0]), str(bad), str(good[1])]
+    assert "not a readable TIFF" in rows[1]["error"] and rows[1]["probability"] == ""
+    assert rows[0]["decision"] == rows[2]["decision"] == "1"  # threshold 0 calls everything positive
+
+
+def test_failed_export_leaves_nothing_behind(finished_run, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full while drawing")
+
+    monkeypatch.setattr(export_mod, "_plots", boom)
+    with pytest.raises(RuntimeError):
+        export_mod.export_run(finished_run, out=tmp_path / "exp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_unknown_or_unfinished_trial_is_refused(finished_run):
+    res = cli("export", finished_run, "--trial", "99")
+    assert res.code == 2 and "no trial '99'" in res.err

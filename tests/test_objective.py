@@ -1,0 +1,62 @@
+"""The exact objective against a brute-force definition, and the one ranking rule."""
+
+import numpy as np
+import pytest
+
+from nas.objective import bootstrap_interval, classification_report, precision_at_recall, rank_key
+
+
+def brute_force(y, p, floor):
+    best = (0.0, None)
+    for t in np.unique(p):
+        pred = p >= t
+        tp = np.sum(pred & (y == 1))
+        recall = tp / y.sum()
+        precision = tp / pred.sum()
+        if recall >= floor and (precision > best[0] or precision == best[0] and (best[1] is None or t > best[1])):
+            best = (precision, t)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_precision_at_recall_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(10, 200))
+    y = rng.integers(0, 2, n)
+    y[0], y[1] = 0, 1
+    p = np.round(np.clip(y * rng.uniform(0, 0.6) + rng.normal(0.3, 0.25, n), 0, 1), 2)  # ties on purpose
+    floor = float(rng.choice([0.5, 0.8, 0.9, 0.95]))
+    op = precision_at_recall(y, p, floor)
+    precision, threshold = brute_force(y, p, floor)
+    assert op.precision == pytest.approx(precision)
+    assert op.threshold == pytest.approx(threshold)
+    assert op.recall >= floor
+
+
+def test_unreachable_or_undefined_objective_scores_zero_with_reason():
+    op = precision_at_recall(np.zeros(5), np.linspace(0, 1, 5), 0.9)
+    assert op.precision == 0.0 and "no positive" in op.reason
+    op = precision_at_recall(np.array([0, 1, 1]), np.array([0.1, np.nan, 0.3]), 0.9)
+    assert op.precision == 0.0 and "NaN" in op.reason
+
+
+def test_rank_key_orders_by_objective_then_tie_break_and_feasibility():
+    trials = [
+        {"trial_id": "a", "status": "finished", "objective": 0.9, "tie_break": 0.5},
+        {"trial_id": "b", "status": "finished", "objective": 0.9, "tie_break": 0.7},
+        {"trial_id": "c", "status": "finished", "objective": 0.95, "tie_break": 0.1, "feasible": False},
+        {"trial_id": "d", "status": "failed"},
+        {"trial_id": "e", "status": "finished", "objective": 0.8, "tie_break": 0.99},
+    ]
+    assert [t["trial_id"] for t in sorted(trials, key=rank_key)] == ["b", "a", "e", "c", "d"]
+
+
+def test_report_and_bootstrap():
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    p = np.array([0.1, 0.6, 0.7, 0.8, 0.4, 0.2, 0.9, 0.3])
+    r = classification_report(y, p, 0.5, 0.75)
+    assert r["confusion_matrix"] == {"tn": 3, "fp": 1, "fn": 1, "tp": 3}
+    assert r["precision"] == pytest.approx(0.75) and r["recall"] == pytest.approx(0.75)
+    ci = bootstrap_interval(y, p, 0.5, 500)
+    lo, hi = ci["precision_95ci"]
+    assert 0 <= lo <= 0.75 <= hi <= 1

@@ -1,0 +1,145 @@
+"""`nas search` and `nas resume` end to end on tiny data: the log, the exact objective, every tuner,
+seeded repeatability, the time budget, a kill -9 mid-search, and the one-writer lock."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nas.objective import precision_at_recall
+from nas.runlog import read_events, trial_records
+
+from .conftest import REPO, cli, write_experiment
+
+REQUIRED_FINISHED = {"trial_id", "objective", "threshold", "hyperparameters", "seconds", "params", "time"}
+
+
+def finished(run):
+    return [e for e in read_events(run / "trials.jsonl") if e["event"] == "trial_finished"]
+
+
+def val_labels(run):
+    rows = list(csv.DictReader(open(run / "split.csv")))
+    return np.array([r["label"] == "positive" for r in rows if r["split"] == "val"], dtype=int)
+
+
+def test_search_writes_the_run_layout_and_a_complete_log(finished_run):
+    for name in ("experiment.toml", "search_space.yaml", "split.csv", "trials.jsonl", "tuner"):
+        assert (finished_run / name).exists(), name
+    assert not (finished_run / "LOCK").exists()
+    events = read_events(finished_run / "trials.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "search_started" and kinds[-1] == "search_ended"
+    assert kinds.count("trial_started") == kinds.count("trial_finished") == 2
+    assert kinds.count("epoch") == 4
+    for ev in finished(finished_run):
+        assert REQUIRED_FINISHED <= set(ev)
+        assert ev["params"] > 0 and ev["latency_ms"] > 0 and ev["split"] == "val"
+
+
+def test_logged_objective_equals_recomputation_from_saved_val_probabilities(finished_run):
+    y = val_labels(finished_run)
+    for ev in finished(finished_run):
+        prob = np.load(finished_run / "trials" / ev["trial_id"] / "val_probs.npy")
+        op = precision_at_recall(y, prob, 0.9)
+        assert ev["objective"] == pytest.approx(op.precision, abs=1e-12)
+        assert ev["threshold"] == pytest.approx(op.threshold, abs=1e-12)
+        assert ev["recall"] >= 0.9
+
+
+def test_search_never_reads_the_test_split(finished_run):
+    rows = list(csv.DictReader(open(finished_run / "split.csv")))
+    n_train = sum(r["split"] == "train" for r in rows)
+    n_val = sum(r["split"] == "val" for r in rows)
+    started = read_events(finished_run / "trials.jsonl")[0]
+    assert (started["train"], started["val"]) == (n_train, n_val)
+    for ev in finished(finished_run):
+        assert len(np.load(finished_run / "trials" / ev["trial_id"] / "val_probs.npy")) == n_val
+
+
+@pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
+def test_other_tuners_run_end_to_end(tmp_path, tiny_data, tuner):
+    exp = write_experiment(tmp_path / "e.toml", tiny_data, search={"tuner": tuner, "bayesian_initial_points": 1},
+                           budget={"max_trials": 3, "epochs": 2})
+    res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")
+    assert res.code == 0, res.err
+    run = tmp_path / "res" / "tiny" / "r"
+    done = finished(run)
+    assert len(done) == 3 and len({e["trial_id"] for e in done}) == 3
+    if tuner == "hyperband":
+        assert all("epochs" in e["fidelity"] for e in done)
+
+
+def test_same_seed_same_hyperparameters_and_leaderboard_order(tmp_path, tiny_data, finished_run):
+    exp = write_experiment(tmp_path / "e.toml", tiny_data)
+    assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "again").code == 0
+    again = tmp_path / "res" / "tiny" / "again"
+    first, second = finished(finished_run), finished(again)
+    assert [e["hyperparameters"] for e in first] == [e["hyperparameters"] for e in second]
+    assert [e["objective"] for e in first] == pytest.approx([e["objective"] for e in second])
+    order = lambda run: [r["trial_id"] for r in json.loads(cli("leaderboard", run, "--format", "json").out)]  # noqa: E731
+    assert order(finished_run) == order(again)
+
+
+def test_time_budget_ends_cleanly_and_resume_completes_the_trials(tmp_path, tiny_data):
+    exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 3, "epochs": 2})
+    res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r", "--time-budget", "0.5")
+    assert res.code == 0, res.err
+    assert "search ended: time budget reached" in res.out
+    run = tmp_path / "res" / "tiny" / "r"
+    assert len(finished(run)) < 3
+    res = cli("resume", run, "--time-budget", "0")
+    assert res.code == 0, res.err
+    trials = trial_records(read_events(run / "trials.jsonl"))
+    assert sorted(trials) == ["0", "1", "2"]
+    assert all(t["status"] == "finished" for t in trials.values())
+    assert len(finished(run)) == 3  # each trial finished exactly once
+
+
+def test_kill_9_mid_search_then_resume_finishes_every_trial_exactly_once(tmp_path, tiny_data):
+    exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 3, "epochs": 2})
+    results = tmp_path / "res"
+    run = results / "tiny" / "r"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "search", str(exp), "--results", str(results), "--run-id", "r"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "trials.jsonl").exists() and finished(run):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "search ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "LOCK").exists()  # left behind by the dead process
+    before = len(finished(run))
+    res = cli("resume", run)
+    assert res.code == 0, res.err
+    done = finished(run)
+    assert len(done) == 3 > before
+    assert sorted(e["trial_id"] for e in done) == ["0", "1", "2"]
+    assert cli("leaderboard", run, "--format", "json").code == 0
+
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path, finished_run):
+    lock = finished_run / "LOCK"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+    try:
+        res = cli("resume", finished_run)
+    finally:
+        lock.unlink()
+    assert res.code == 2
+    assert f"locked by process {os.getpid()}" in res.err
+
+
+def test_existing_run_id_is_refused(finished_run, tiny_data, tmp_path):
+    exp = write_experiment(tmp_path / "e.toml", tiny_data)
+    res = cli("search", exp, "--results", finished_run.parent.parent, "--run-id", "r1")
+    assert res.code == 2 and "already exists" in res.err and "nas resume" in res.err

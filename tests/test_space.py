@@ -1,0 +1,67 @@
+"""Search-space files: every shipped space parses and builds; each mistake names the file and the key."""
+
+import keras_tuner
+import pytest
+
+from nas.errors import NasError
+from nas.models import build_model
+from nas.space import load_space, parse_space
+
+from .conftest import REPO
+
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def test_at_least_two_spaces_ship():
+    names = {p.stem for p in SPACES}
+    assert {"small_cnn", "residual"} <= names
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_shipped_space_builds_models_for_sampled_values(path):
+    space = load_space(path)
+    assert space.searched(), "a space should search something"
+    for seed in range(3):
+        hp = keras_tuner.HyperParameters()
+        values = space.resolve(hp)
+        for dim in space.searched():  # sample every searched dimension
+            hp.values[dim.name] = dim.choice[seed % len(dim.choice)] if dim.choice else (dim.high if seed % 2 else dim.low)
+        values = space.resolve(hp)
+        model = build_model(values, 32, 0.9)
+        assert model.output_shape == (None, 1)
+        assert model.count_params() > 0
+
+
+def _space(**blocks):
+    lines = ["blocks:"] + [f"  {k}: {v}" for k, v in blocks.items()]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (_space(filters="{int: [64, 32]}"), "blocks.filters: range min 64 > max 32"),
+        (_space(filtres=16), "unknown key blocks.filtres"),
+        (_space(pooling="{choice: [max, median]}"), "blocks.pooling: expected one of max, avg, none"),
+        (_space(dropout="{float: [0.0, 0.5], sampling: log}"), "log sampling needs min > 0"),
+        (_space(filters="{choice: []}"), "choice must be a non-empty list"),
+        (_space(filters="{int: [8, 64], choice: [8]}"), "exactly one of choice/int/float"),
+        (_space(count="{float: [1.0, 3.0]}"), "expected an int range"),
+        (_space(count="{int: [1, 3], stpe: 1}"), "unknown field(s) stpe"),
+        ("head:\n  dense: 32\n", "needs a blocks section"),
+        ("blocks: [1, 2]\n", "blocks must be a mapping"),
+        ("blocks:\n  count: {int: [1, 3]\n", "not valid YAML"),
+    ],
+)
+def test_space_mistakes_name_file_and_key(text, expected):
+    with pytest.raises(NasError) as info:
+        parse_space(text, "spaces/bad.yaml")
+    assert expected in str(info.value)
+    assert "spaces/bad.yaml" in str(info.value)
+
+
+def test_fingerprint_ignores_comments_but_not_meaning():
+    a = parse_space("# one\nblocks:\n  filters: {choice: [8, 16]}\n")
+    b = parse_space("# two\nblocks:\n  filters: {choice: [8, 16]}\n")
+    c = parse_space("blocks:\n  filters: {choice: [8, 32]}\n")
+    assert a.fingerprint == b.fingerprint != c.fingerprint
