@@ -112,7 +112,7 @@ def cmd_export(args) -> int:
 
     from nas.export import export_run
 
-    folder = export_run(args.run, trial_id=args.trial, out=args.out)
+    folder = export_run(args.run, trial_id=args.trial, out=args.out, refit=args.refit)
     card = json.loads((folder / "model_card.json").read_text())
     t = card["metrics"]["test"]
     print(f"exported trial {card['trial_id']} to {folder}")
@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--trial", help="export this trial instead of the best")
     e.add_argument("--out", help="export folder (default RUN/export)")
+    e.add_argument("--refit", action="store_true", help="retrain the architecture on train+val for the trial's best epoch count")
     e.set_defaults(func=cmd_export)
 
     lb = sub.add_parser("leaderboard", help="rank trials of one or more runs")

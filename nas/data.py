@@ -23,7 +23,7 @@ from nas.preprocess import normalize_np
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 ACCEPTED_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64, np.uint32, np.int32)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when preprocessing arithmetic changes
 SPLITS = ("train", "val", "test")
 
 

@@ -108,14 +108,33 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export_run(run_path: str | Path, trial_id: str | None = None, out: str | Path | None = None) -> Path:
-    """Export one trial of a run; returns the export folder."""
+def export_run(run_path: str | Path, trial_id: str | None = None, out: str | Path | None = None, *, refit: bool = False) -> Path:
+    """Export one trial of a run; returns the export folder.
+
+    With refit, the architecture is retrained on train+val for the trial's best number of epochs; the
+    threshold still comes from the searched model's validation probabilities (val is no longer held out).
+    """
     run = RunDir(Path(run_path)).check_exists()
     with run_lock(run):
-        return _export(run, trial_id, Path(out) if out else run.export)
+        return _export(run, trial_id, Path(out) if out else run.export, refit)
 
 
-def _export(run: RunDir, trial_id: str | None, final: Path) -> Path:
+def _refit(values: dict[str, Any], exp: config_mod.Experiment, frames, labels, rows, epochs: int):
+    """Train the architecture afresh on the given rows (train+val) for a fixed number of epochs."""
+    import keras
+
+    from nas.models import build_model
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(exp["search"]["seed"] * 100_003 + 99_991)
+    model = build_model(values, exp["data"]["image_size"], exp["objective"]["recall_floor"])
+    ds = data_mod.make_dataset(frames, labels, rows, exp["search"]["batch_size"], shuffle=True, seed=exp["search"]["seed"])
+    weights = data_mod.class_weights(labels[rows]) if exp["training"]["class_weight"] == "auto" else None
+    model.fit(ds, epochs=epochs, class_weight=weights, verbose=0)
+    return model
+
+
+def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False) -> Path:
     import keras
     import tensorflow as tf
 
@@ -137,7 +156,8 @@ def _export(run: RunDir, trial_id: str | None, final: Path) -> Path:
     labels = cached.labels
 
     keras.backend.clear_session()
-    model = build_network(trial_values(space, trial.get("hyperparameters", {})), size)
+    values = trial_values(space, trial.get("hyperparameters", {}))
+    model = build_network(values, size)
     model.load_weights(weights)
 
     def probabilities(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -149,10 +169,18 @@ def _export(run: RunDir, trial_id: str | None, final: Path) -> Path:
     op = precision_at_recall(y_val, p_val, floor)
     if op.reason:
         raise NasError(f"trial {tid}: cannot calibrate a threshold on validation data: {op.reason}")
+    refit_info = None
+    if refit:
+        epochs = int(trial.get("best_epoch") or trial.get("epochs_run") or exp["budget"]["epochs"])
+        rows = np.flatnonzero((split_arr == "train") | (split_arr == "val"))
+        model = _refit(values, exp, cached.frames, labels, rows, epochs)
+        refit_info = {"on": "train+val", "epochs": epochs, "frames": int(len(rows)),
+                      "note": "threshold chosen on val with the searched model, before refit"}
     y_test, p_test = probabilities("test")  # the one and only read of the test split
     test = classification_report(y_test, p_test, op.threshold, floor)
     test.update(bootstrap_interval(y_test, p_test, op.threshold, exp["export"]["bootstrap"], seed=exp["data"]["seed"]))
     val = classification_report(y_val, p_val, op.threshold, floor)
+    val.update(bootstrap_interval(y_val, p_val, op.threshold, exp["export"]["bootstrap"], seed=exp["data"]["seed"]))
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +200,7 @@ def _export(run: RunDir, trial_id: str | None, final: Path) -> Path:
             "experiment": exp.name, "run": str(run.path), "trial_id": tid,
             "hyperparameters": trial.get("hyperparameters", {}), "architecture": space.name,
             "params": trial.get("params"), "latency_ms_batch1": trial.get("latency_ms"),
-            "threshold": op.threshold, "recall_floor": floor, "threshold_from": "val",
+            "threshold": op.threshold, "recall_floor": floor, "threshold_from": "val", "refit": refit_info,
             "input": {"image_size": size, "clip_percentiles": list(clip), "frames": "raw 2-D frames, any size, float32 or uint16"},
             "metrics": {"val": val, "test": test},
             "data": {s: {"n": int((split_arr == s).sum()), "positives": int(labels[split_arr == s].sum())} for s in data_mod.SPLITS},

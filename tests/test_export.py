@@ -110,3 +110,44 @@ def test_failed_export_leaves_nothing_behind(finished_run, tmp_path, monkeypatch
 def test_export_of_unknown_or_unfinished_trial_is_refused(finished_run):
     res = cli("export", finished_run, "--trial", "99")
     assert res.code == 2 and "no trial '99'" in res.err
+
+
+def test_test_split_is_read_once_and_only_by_export(tmp_path, tiny_data, monkeypatch):
+    """Instrument every dataset the search and export build; map its rows to splits."""
+    from nas import data as data_mod
+
+    from .conftest import write_experiment
+
+    calls = []
+    real = data_mod.make_dataset
+
+    def recording(frames, labels, rows, *args, **kwargs):
+        calls.append((phase, sorted(int(r) for r in rows)))
+        return real(frames, labels, rows, *args, **kwargs)
+
+    monkeypatch.setattr(data_mod, "make_dataset", recording)
+    exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 2, "epochs": 1})
+    phase = "search"
+    assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "r").code == 0
+    run = tmp_path / "res" / "tiny" / "r"
+    splits = [r["split"] for r in csv.DictReader(open(run / "split.csv"))]
+    test_rows = {i for i, s in enumerate(splits) if s == "test"}
+    phase = "export"
+    assert cli("export", run).code == 0
+    assert calls and all(not (set(rows) & test_rows) for p, rows in calls if p == "search")
+    reading_test = [rows for p, rows in calls if set(rows) & test_rows]
+    assert len(reading_test) == 1 and set(reading_test[0]) == test_rows
+    assert [p for p, rows in calls if set(rows) & test_rows] == ["export"]
+
+
+def test_refit_retrains_on_train_and_val_for_the_best_epoch_count(finished_run, tmp_path):
+    res = cli("export", finished_run, "--refit", "--out", tmp_path / "refit")
+    assert res.code == 0, res.err
+    card = json.loads((tmp_path / "refit" / "model_card.json").read_text())
+    best = min(trial_records(read_events(finished_run / "trials.jsonl")).values(), key=rank_key)
+    assert card["refit"]["on"] == "train+val" and card["refit"]["epochs"] == best["best_epoch"]
+    rows = list(csv.DictReader(open(finished_run / "split.csv")))
+    assert card["refit"]["frames"] == sum(r["split"] in ("train", "val") for r in rows)
+    plain = json.loads((finished_run / "export" / "model_card.json").read_text()) if (finished_run / "export").exists() else None
+    if plain:
+        assert card["threshold"] == pytest.approx(plain["threshold"])  # threshold from the searched model on val

@@ -1,0 +1,53 @@
+"""Shared set-up for the benchmarks: a small search run and its export, made from demo data."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import resource
+from pathlib import Path
+
+import tomli_w
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def nas(*args) -> str:
+    """Run a `nas` command in this process; raise if it fails; return its standard output."""
+    from nas.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    if code != 0:
+        raise SystemExit(f"nas {' '.join(map(str, args))} failed:\n{err.getvalue()}")
+    return out.getvalue()
+
+
+def small_run(work: Path, *, n: int = 120, size: int = 64, image_size: int = 32, trials: int = 1, epochs: int = 2,
+              space: str = "small_cnn.yaml", export: bool = True) -> Path:
+    """Demo data -> a short search -> (optionally) an export; returns the run folder."""
+    data = work / "data"
+    if not (data / "labels.csv").exists():
+        nas("demo-data", data, "--n", n, "--size", size, "--seed", 11, "--groups", 6)
+    exp = work / "bench.toml"
+    exp.write_text(tomli_w.dumps({
+        "experiment": {"name": "bench"},
+        "data": {"path": str(data), "image_size": image_size},
+        "search": {"space": str(REPO / "search_spaces" / space), "tuner": "random", "batch_size": 32},
+        "budget": {"max_trials": trials, "epochs": epochs},
+        "export": {"bootstrap": 100},
+    }))
+    run_id = f"r{len(list((work / 'results' / 'bench').glob('*'))) if (work / 'results' / 'bench').exists() else 0}"
+    nas("search", exp, "--results", work / "results", "--run-id", run_id)
+    run = work / "results" / "bench" / run_id
+    if export:
+        nas("export", run)
+    return run
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
