@@ -45,6 +45,8 @@ def _trial_printer():
                   f"{ev['train']} train / {ev['val']} val frames"
                   + (f"; {ev['skipped']} bad frames skipped" if ev["skipped"] else "")
                   + (" (resumed)" if ev["resumed"] else ""), file=out, flush=True)
+            parts = [f"{s} {b['n']} ({100 * b['positives'] / max(b['n'], 1):.0f}% positive)" for s, b in ev["balance"].items()]
+            print(f"data: {', '.join(parts)}; {ev['decoded']} frames decoded, the rest from the cache", file=out, flush=True)
         elif kind == "trial_finished":
             state["done"] += 1
             obj = ev["objective"]

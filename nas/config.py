@@ -122,6 +122,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "early_stopping_patience": Key((int,), 0, _nonneg, "epochs without improvement before a trial stops; 0 disables"),
         "class_weight": Key((str,), "auto", _one_of(("auto", "none"))),
     },
+    "augment": {
+        "flips": Key((bool,), False, None, "random horizontal and vertical flips (label-preserving for HAADF frames)"),
+        "rot90": Key((bool,), False, None, "random 90-degree rotations (label-preserving)"),
+        "shift": Key(NUM, 0.0, _between(0.0, 0.25), "largest random shift, as a fraction of the frame; can push a particle out of frame"),
+        "intensity": Key(NUM, 0.0, _between(0.0, 0.5), "random contrast and brightness jitter, as a fraction"),
+        "noise": Key(NUM, 0.0, _between(0.0, 0.5), "extra shot-like noise: std at full intensity, scaling with sqrt(intensity)"),
+    },
     "export": {
         "bootstrap": Key((int,), 1000, _nonneg, "bootstrap resamples for the test intervals"),
     },

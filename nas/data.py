@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import json
+import multiprocessing
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,10 @@ from nas.errors import NasError
 from nas.preprocess import normalize_np
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+MICROSCOPE_SUFFIXES = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd"}  # nas[formats]
+FRAME_SUFFIXES = TIFF_SUFFIXES + tuple(MICROSCOPE_SUFFIXES)
 ACCEPTED_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64, np.uint32, np.int32)
-CACHE_VERSION = 2  # bump when preprocessing arithmetic changes
+CACHE_VERSION = 3  # bump when preprocessing arithmetic changes
 SPLITS = ("train", "val", "test")
 
 
@@ -65,7 +69,7 @@ def _scan_folders(root: Path, positive: str, negative: str) -> list[Record]:
         if not folder.is_dir():
             raise NasError(f"{folder}: class folder not found (expected {root}/{positive}/ and {root}/{negative}/, or {root}/labels.csv)")
         for p in sorted(folder.rglob("*")):
-            if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES:
+            if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES:
                 records.append(Record(p.relative_to(root).as_posix(), cls))
     return records
 
@@ -97,12 +101,32 @@ def _scan_csv(root: Path, labels_csv: Path, positive: str, negative: str) -> lis
     return records
 
 
+def _read_microscope_file(path: Path) -> np.ndarray:
+    """A Gatan .dm3/.dm4 or Velox/NCEM .emd frame through rosettasciio (the optional nas[formats] extra)."""
+    try:
+        plugin = importlib.import_module(f"rsciio.{MICROSCOPE_SUFFIXES[path.suffix.lower()]}")
+    except ImportError:
+        raise NasError(f"{path}: reading {path.suffix} files needs the formats extra: pip install 'stem-nas[formats]'") from None
+    signals = plugin.file_reader(str(path), lazy=False)
+    images = [np.asarray(sig["data"]) for sig in signals if np.ndim(sig["data"]) >= 2]
+    if not images:
+        raise NasError(f"{path}: holds no image; expected one 2-D frame")
+    if len(images) > 1:
+        raise NasError(f"{path}: holds {len(images)} images; expected one frame per file")
+    return images[0]
+
+
 def read_frame(path: str | Path) -> np.ndarray:
-    """Read one single-frame grayscale TIFF as float64; raise NasError naming the file otherwise."""
+    """Read one single-frame grayscale image in its own pixel type; raise NasError naming the file otherwise."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise NasError(f"{path}: empty file (0 bytes)")
+        if path.suffix.lower() in MICROSCOPE_SUFFIXES:
+            data = _read_microscope_file(path)
+            if data.ndim == 3:
+                raise NasError(f"{path}: a stack of {data.shape[0]} frames; expected one grayscale frame")
+            return _check_pixels(path, data)
         with tifffile.TiffFile(path) as tif:
             if len(tif.pages) > 1:
                 raise NasError(f"{path}: a stack of {len(tif.pages)} frames; expected one grayscale frame")
@@ -114,8 +138,13 @@ def read_frame(path: str | Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise NasError(f"{path}: file not found") from None
-    except Exception as exc:  # tifffile raises many types for damaged files
-        raise NasError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # readers raise many types for damaged files
+        kind = "TIFF" if path.suffix.lower() in TIFF_SUFFIXES else f"{path.suffix} file"
+        raise NasError(f"{path}: not a readable {kind} ({type(exc).__name__}: {exc})") from None
+    return _check_pixels(path, data)
+
+
+def _check_pixels(path: Path, data: np.ndarray) -> np.ndarray:
     data = np.squeeze(data)
     if data.ndim != 2:
         raise NasError(f"{path}: image of shape {data.shape}; expected a 2-D grayscale frame")
@@ -123,11 +152,11 @@ def read_frame(path: str | Path) -> np.ndarray:
         raise NasError(f"{path}: pixel type {data.dtype}; expected uint8, uint16, int16 or float32")
     if min(data.shape) < 8:
         raise NasError(f"{path}: frame of {data.shape[0]}x{data.shape[1]} px is too small; expected at least 8x8")
-    data = data.astype(np.float64)
-    if not np.isfinite(data).all():
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise NasError(f"{path}: contains NaN or infinite values")
-    if data.max() == data.min():
-        raise NasError(f"{path}: constant image (every pixel {data.min():g}); nothing to classify")
+    lo, hi = data.min(), data.max()
+    if lo == hi:
+        raise NasError(f"{path}: constant image (every pixel {lo:g}); nothing to classify")
     return data
 
 
@@ -140,13 +169,15 @@ class CachedData:
     skipped: list[tuple[str, str]]
     rebuilt: int
     directory: Path
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (row, earlier row) of equal content
 
     @property
     def labels(self) -> np.ndarray:
         return np.array([r.label for r in self.records], dtype=np.float32)
 
 
-def _identity(root: Path, rec: Record) -> str:
+def identity(root: Path, rec: Record) -> str:
+    """What must match for a cached row to be reused: path, size in bytes, modification time."""
     st = (root / rec.path).stat()
     return f"{rec.path}|{st.st_size}|{st.st_mtime_ns}"
 
@@ -154,6 +185,37 @@ def _identity(root: Path, rec: Record) -> str:
 def cache_key(root: Path, size: int, clip: Iterable[float]) -> str:
     text = json.dumps({"root": str(root.resolve()), "size": size, "clip": list(clip), "v": CACHE_VERSION})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _decode(task: tuple[str, int, tuple[float, float]]) -> tuple[np.ndarray | None, str]:
+    """Worker: read, validate and normalize one frame; a bad frame comes back as its error text."""
+    path, size, clip = task
+    try:
+        return normalize_np(read_frame(path), size, clip), ""
+    except NasError as exc:
+        return None, str(exc)
+
+
+PARALLEL_MIN = 64  # below this many frames to decode, worker start-up costs more than it saves
+
+
+def _one_blas_thread() -> None:
+    """Worker set-up: the processes are the parallelism; BLAS threads on top would fight over cores."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _decoded(tasks: list, workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
+    """Decode in order, in `workers` processes. A forkserver (not fork) is safe after TensorFlow is
+    imported, and preloading this module there makes each worker start in milliseconds."""
+    if workers <= 1 or len(tasks) < PARALLEL_MIN:
+        yield from map(_decode, tasks)
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["nas.data"])
+    with ctx.Pool(workers, initializer=_one_blas_thread) as pool:
+        yield from pool.imap(_decode, tasks, chunksize=16)
 
 
 def build_cache(
@@ -164,12 +226,14 @@ def build_cache(
     clip: tuple[float, float],
     *,
     skip_bad: bool = False,
+    workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CachedData:
     """Decode and normalize every frame once into `cache_root/<key>/frames.npy`, reusing unchanged rows.
 
-    A row is reused when the file's path, size and mtime match the cached entry; the new array is written
-    beside the old one and renamed into place, so an interrupted build leaves the old cache intact.
+    A row is reused when the file's path, size and mtime match the cached entry. Rows stream into a new
+    memory map beside the old one (memory does not grow with the number of frames), which is renamed into
+    place at the end, so an interrupted build leaves the old cache intact.
     """
     root = Path(root)
     directory = Path(cache_root) / cache_key(root, size, clip)
@@ -183,47 +247,66 @@ def build_cache(
             old = np.load(frames_path, mmap_mode="r")
         except (ValueError, KeyError, OSError):
             old_rows, old = {}, None  # a damaged cache is rebuilt, never trusted
-    identities = [_identity(root, r) for r in records]
-    bad: dict[int, str] = {}
+    identities = [identity(root, r) for r in records]
     todo = [i for i, ident in enumerate(identities) if ident not in old_rows]
-    new_frames: dict[int, np.ndarray] = {}
-    for done, i in enumerate(todo, start=1):
-        try:
-            new_frames[i] = normalize_np(read_frame(root / records[i].path), size, clip)
-        except NasError as exc:
-            if not skip_bad:
-                raise
-            bad[i] = str(exc)
-        if progress:
-            progress(done, len(todo))
+    unchanged = not todo and old is not None and list(old_rows) == identities
+    workers = workers if workers is not None else max(1, min(os.cpu_count() or 1, 8))
+    frames = old if unchanged else np.lib.format.open_memmap(
+        tmp := directory / f"frames.{os.getpid()}.tmp.npy", mode="w+", dtype=np.float32, shape=(len(records), size, size))
+    bad: dict[int, str] = {}
+    if not unchanged:
+        decoded = _decoded([(str(root / records[i].path), size, clip) for i in todo], workers)
+        fresh = iter(zip(todo, decoded, strict=True))
+        done = 0
+        for i in range(len(records)):
+            if identities[i] in old_rows:
+                frames[i] = old[old_rows[identities[i]]]
+                continue
+            _, (frame, error) = next(fresh)
+            done += 1
+            if error:
+                if not skip_bad:
+                    raise NasError(error)
+                bad[i] = error
+            else:
+                frames[i] = frame
+            if progress:
+                progress(done, len(todo))
     keep = [i for i in range(len(records)) if i not in bad]
-    _check_duplicates(root, records, keep, new_frames, old, old_rows, identities)
-    if not todo and old is not None and len(old_rows) == len(keep) and all(old_rows.get(identities[i]) == n for n, i in enumerate(keep)):
-        frames = old  # nothing changed: reuse as is
-    else:
-        tmp = directory / f"frames.{os.getpid()}.tmp.npy"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keep), size, size))
-        for row, i in enumerate(keep):
-            out[row] = new_frames[i] if i in new_frames else old[old_rows[identities[i]]]
-        out.flush()
-        del out
+    duplicates = _duplicates(root, records, frames, keep)
+    if not unchanged:
+        if bad:  # compact: drop the rows of skipped frames, a row at a time
+            compact = np.lib.format.open_memmap(tmp2 := directory / f"frames.{os.getpid()}.tmp2.npy", mode="w+",
+                                                dtype=np.float32, shape=(len(keep), size, size))
+            for row, i in enumerate(keep):
+                compact[row] = frames[i]
+            compact.flush()
+            del frames, compact
+            os.replace(tmp2, tmp)
+            index = {i: row for row, i in enumerate(keep)}
+            duplicates = [(index[a], index[b]) for a, b in duplicates]
+        else:
+            frames.flush()
+            del frames
         os.replace(tmp, frames_path)
         _write_json(index_path, {"identities": [identities[i] for i in keep], "size": size, "clip": list(clip)})
         frames = np.load(frames_path, mmap_mode="r")
-    return CachedData(frames, [records[i] for i in keep], [(records[i].path, bad[i]) for i in sorted(bad)], len(todo) - len(bad), directory)
+    return CachedData(frames, [records[i] for i in keep], [(records[i].path, bad[i]) for i in sorted(bad)],
+                      len(todo) - len(bad), directory, duplicates)
 
 
-def _check_duplicates(root, records, keep, new_frames, old, old_rows, identities) -> None:
-    """The same content under two labels would silently poison training and evaluation: refuse it."""
+def _duplicates(root: Path, records: list[Record], frames: np.ndarray, keep: list[int]) -> list[tuple[int, int]]:
+    """Pairs of rows with identical content. Under two labels that would poison training: refused here."""
     seen: dict[bytes, int] = {}
+    pairs = []
     for i in keep:
-        frame = new_frames[i] if i in new_frames else old[old_rows[identities[i]]]
-        digest = hashlib.sha1(np.ascontiguousarray(frame).tobytes()).digest()
-        if digest in seen:
-            j = seen[digest]
+        digest = hashlib.sha1(np.ascontiguousarray(frames[i]).tobytes()).digest()
+        j = seen.setdefault(digest, i)
+        if j != i:
             if records[j].label != records[i].label:
                 raise NasError(f"{root / records[i].path}: same image content as {records[j].path}, but with the other label")
-        seen[digest] = i
+            pairs.append((i, j))
+    return pairs
 
 
 def _write_json(path: Path, obj) -> None:
@@ -268,13 +351,17 @@ def make_split(records: list[Record], fractions: tuple[float, float, float], see
     return assignment.tolist()
 
 
-def write_split(path: Path, records: list[Record], splits: list[str], positive: str, negative: str) -> None:
+def write_split(path: Path, root: Path, records: list[Record], splits: list[str], positive: str, negative: str) -> None:
+    """split.csv, written once: each frame's split plus its size and mtime, so a resume can tell if it changed."""
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "split", "group"])
+        w.writerow(["path", "label", "split", "group", "bytes", "mtime_ns"])
         for r, s in zip(records, splits, strict=True):
-            w.writerow([r.path, positive if r.label else negative, s, r.group])
+            st = (root / r.path).stat()
+            w.writerow([r.path, positive if r.label else negative, s, r.group, st.st_size, st.st_mtime_ns])
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -284,14 +371,70 @@ def read_split(path: Path, positive: str) -> tuple[list[Record], list[str]]:
     return [Record(r["path"], int(r["label"] == positive), r["group"]) for r in rows], [r["split"] for r in rows]
 
 
+def changed_since_split(path: Path, root: Path) -> list[str]:
+    """Files of split.csv that are missing or whose size or mtime differ now: 'path (why)'."""
+    changed = []
+    with path.open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            f = root / r["path"]
+            if not f.is_file():
+                changed.append(f"{r['path']} (missing)")
+                continue
+            st = f.stat()
+            if "bytes" in r and (str(st.st_size) != r["bytes"] or str(st.st_mtime_ns) != r["mtime_ns"]):
+                changed.append(f"{r['path']} (modified)")
+    return changed
+
+
+def require_unchanged(split_csv: Path, root: Path) -> None:
+    """Refuse to continue a run whose frames changed since its split was written, naming the files."""
+    changed = changed_since_split(split_csv, root)
+    if changed:
+        shown = "; ".join(changed[:10]) + (f"; and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise NasError(f"{root}: the data changed under this run ({len(changed)} files: {shown}); "
+                       "restore the files or start a new run")
+
+
+def balance(labels: np.ndarray, splits: np.ndarray) -> dict[str, dict[str, int]]:
+    """Frames and positives per split."""
+    return {s: {"n": int((splits == s).sum()), "positives": int(labels[splits == s].sum())} for s in SPLITS}
+
+
 def class_weights(labels: np.ndarray) -> dict[int, float]:
     """Balanced weights n / (2 n_c), so a rare class counts as much as a common one."""
     n, pos = len(labels), float(labels.sum())
     return {0: n / (2 * (n - pos)), 1: n / (2 * pos)}
 
 
-def make_dataset(frames: np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0):
-    """tf.data over rows of the memory map: one batch in memory at a time; reshuffled every epoch."""
+def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndarray:
+    """Microscopy augmentation of a batch (B, S, S) in [0, 1]; flips and 90-degree turns keep the label."""
+    x = x.copy()
+    b, s = x.shape[0], x.shape[1]
+    if cfg.get("flips"):
+        h, v = rng.random(b) < 0.5, rng.random(b) < 0.5
+        x[h] = x[h][:, :, ::-1]
+        x[v] = x[v][:, ::-1, :]
+    if cfg.get("rot90"):
+        turns = rng.integers(0, 4, b)
+        for k in (1, 2, 3):
+            x[turns == k] = np.rot90(x[turns == k], k, axes=(1, 2))
+    if cfg.get("shift"):
+        m = max(1, int(round(cfg["shift"] * s)))
+        padded = np.pad(x, ((0, 0), (m, m), (m, m)), mode="edge")
+        dy, dx = rng.integers(0, 2 * m + 1, (2, b))
+        x = np.stack([padded[i, dy[i] : dy[i] + s, dx[i] : dx[i] + s] for i in range(b)])
+    if cfg.get("intensity"):
+        a = cfg["intensity"]
+        x = x * rng.uniform(1 - a, 1 + a, (b, 1, 1)) + rng.uniform(-a / 2, a / 2, (b, 1, 1))
+    if cfg.get("noise"):
+        x = x + rng.normal(0, 1, x.shape) * cfg["noise"] * np.sqrt(np.clip(x, 0, 1))
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+def make_dataset(frames: np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *, shuffle: bool,
+                 seed: int = 0, augment: dict | None = None):
+    """tf.data over rows of the memory map: one batch in memory at a time; reshuffled (and augmented, for
+    training data only) every epoch with a seeded generator."""
     import tensorflow as tf
 
     size = frames.shape[1]
@@ -303,9 +446,13 @@ def make_dataset(frames: np.ndarray, labels: np.ndarray, rows: np.ndarray, batch
         if shuffle:
             np.random.default_rng([seed, state["epoch"]]).shuffle(order)
             state["epoch"] += 1
+        rng = np.random.default_rng([seed, state["epoch"], 7])
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            yield frames[chunk][..., None], labels[chunk][:, None]
+            x = frames[chunk]
+            if augment and any(augment.values()):
+                x = augment_batch(x, rng, augment)
+            yield x[..., None], labels[chunk][:, None]
 
     spec = (
         tf.TensorSpec((None, size, size, 1), tf.float32),

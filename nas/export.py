@@ -149,6 +149,7 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False)
         raise NasError(f"{weights}: best-epoch weights of trial {tid} are missing")
     d = exp["data"]
     size, clip, floor = d["image_size"], tuple(d["clip_percentiles"]), exp["objective"]["recall_floor"]
+    data_mod.require_unchanged(run.split, Path(d["path"]))
     records, splits = data_mod.read_split(run.split, d["positive"])
     cached = data_mod.build_cache(records, Path(d["path"]), run.path.parent.parent / ".cache", size, clip, skip_bad=d["skip_bad"])
     kept = {r.path for r in cached.records}
@@ -203,7 +204,7 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False)
             "threshold": op.threshold, "recall_floor": floor, "threshold_from": "val", "refit": refit_info,
             "input": {"image_size": size, "clip_percentiles": list(clip), "frames": "raw 2-D frames, any size, float32 or uint16"},
             "metrics": {"val": val, "test": test},
-            "data": {s: {"n": int((split_arr == s).sum()), "positives": int(labels[split_arr == s].sum())} for s in data_mod.SPLITS},
+            "data": data_mod.balance(labels, split_arr),
             "search": {"tuner": exp["search"]["tuner"], "trials": len(trial_records(read_events(run.trials_log))),
                        "objective": "precision at recall >= floor on val", "tie_break": exp["objective"]["tie_break"]},
             "seed": {"data": d["seed"], "search": exp["search"]["seed"]},

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from nas.data import TIFF_SUFFIXES, read_frame  # noqa: E402
+from nas.data import FRAME_SUFFIXES, read_frame  # noqa: E402
 from nas.errors import NasError  # noqa: E402
 from nas.export import SAVED_MODEL  # noqa: E402
 
@@ -26,13 +26,13 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in TIFF_SUFFIXES))
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in FRAME_SUFFIXES))
         elif p.exists():
             out.append(p)
         else:
             raise NasError(f"{p}: no such file or folder")
     if not out:
-        raise NasError(f"no TIFF files found in {', '.join(map(str, paths))}")
+        raise NasError(f"no frames (.tif, .tiff, .dm3, .dm4, .emd) found in {', '.join(map(str, paths))}")
     return out
 
 

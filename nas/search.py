@@ -49,6 +49,7 @@ class TrialData:
     train_rows: np.ndarray
     val_rows: np.ndarray
     class_weight: dict[int, float] | None
+    augment: dict[str, Any] | None = None
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -144,7 +145,8 @@ class NasTuner(base_tuner.BaseTuner):
         exp, data = self.exp, self.data
         batch = exp["search"]["batch_size"]
         seed = exp["search"]["seed"] * 100_003 + int(tid)
-        train = data_mod.make_dataset(data.frames, data.labels, data.train_rows, batch, shuffle=True, seed=seed)
+        train = data_mod.make_dataset(data.frames, data.labels, data.train_rows, batch, shuffle=True, seed=seed,
+                                      augment=data.augment)
         val = data_mod.make_dataset(data.frames, data.labels, data.val_rows, batch, shuffle=False)
         log = _EpochLog(self.emit, tid, self.deadline)
         callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), log]
@@ -219,11 +221,13 @@ def make_oracle(exp: config_mod.Experiment, space: SearchSpace):
 
 
 def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, resume: bool,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[TrialData, data_mod.CachedData]:
-    """Scan and validate the data (or re-read the frozen split on resume) and build the cache."""
+                 progress: Callable[[int, int], None] | None = None) -> tuple[TrialData, data_mod.CachedData, dict]:
+    """Scan and validate the data (or re-read the frozen split on resume, refusing changed files), build
+    the cache, and split. Returns the trial data, the cache, and the class balance per split."""
     d = exp["data"]
     root = Path(d["path"])
     if resume:
+        data_mod.require_unchanged(run.split, root)
         records, splits = data_mod.read_split(run.split, d["positive"])
     else:
         records = data_mod.scan(root, d["positive"], d["negative"])
@@ -232,7 +236,12 @@ def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, r
                                   skip_bad=d["skip_bad"], progress=progress)
     if splits is None:
         splits = data_mod.make_split(cached.records, tuple(d["split"]), d["seed"])
-        data_mod.write_split(run.split, cached.records, splits, d["positive"], d["negative"])
+        dropped = _duplicates_across_splits(cached, splits, root, d["skip_bad"])
+        keep = [i for i in range(len(cached.records)) if i not in dropped]
+        data_mod.write_split(run.split, root, [cached.records[i] for i in keep], [splits[i] for i in keep],
+                             d["positive"], d["negative"])
+        cached.skipped.extend((cached.records[i].path, reason) for i, reason in sorted(dropped.items()))
+        splits = [s if i not in dropped else "dropped" for i, s in enumerate(splits)]
     else:
         kept = {r.path for r in cached.records}
         splits = [s for r, s in zip(records, splits, strict=True) if r.path in kept]
@@ -240,7 +249,21 @@ def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, r
     labels = cached.labels
     train_rows, val_rows = np.flatnonzero(split_arr == "train"), np.flatnonzero(split_arr == "val")
     weights = data_mod.class_weights(labels[train_rows]) if exp["training"]["class_weight"] == "auto" else None
-    return TrialData(cached.frames, labels, train_rows, val_rows, weights), cached
+    data = TrialData(cached.frames, labels, train_rows, val_rows, weights, dict(exp["augment"]))
+    return data, cached, data_mod.balance(labels, split_arr)
+
+
+def _duplicates_across_splits(cached: data_mod.CachedData, splits: list[str], root: Path, skip: bool) -> dict[int, str]:
+    """The same frame in two splits would leak evaluation data into training: refuse it, or drop the copy."""
+    dropped = {}
+    for i, j in cached.duplicates:
+        if splits[i] != splits[j]:
+            a, b = cached.records[i].path, cached.records[j].path
+            if not skip:
+                raise NasError(f"{root / a}: same image content as {b}, and the two fall in different splits "
+                               f"({splits[i]}, {splits[j]}); remove one, give them one group, or set data.skip_bad")
+            dropped[i] = f"duplicate of {b} (in the {splits[j]} split)"
+    return dropped
 
 
 def _event_writer(run: RunDir, sink: EventSink | None) -> Callable[..., None]:
@@ -292,14 +315,16 @@ def resume_search(run_path: Path, *, max_trials: int | None = None, time_budget:
 
 def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progress) -> RunDir:
     emit = _event_writer(run, sink)
-    data, cached = prepare_data(exp, run, results / CACHE_FOLDER, resume=resume and run.split.is_file(), progress=progress)
+    data, cached, balance = prepare_data(exp, run, results / CACHE_FOLDER, resume=resume and run.split.is_file(),
+                                         progress=progress)
     for path, reason in cached.skipped:
         emit("data_skipped", path=path, reason=reason)
     budget = exp["budget"]["time_budget"]
     deadline = time.time() + budget if budget else None
     emit("search_started", resumed=resume, tuner=exp["search"]["tuner"], space=space.name,
          max_trials=exp["budget"]["max_trials"], time_budget=budget,
-         train=int(len(data.train_rows)), val=int(len(data.val_rows)), skipped=len(cached.skipped))
+         train=int(len(data.train_rows)), val=int(len(data.val_rows)), skipped=len(cached.skipped),
+         balance=balance, cache=str(cached.directory), decoded=cached.rebuilt)
     oracle = make_oracle(exp, space)
     hypermodel = SpaceHyperModel(space, exp["data"]["image_size"], exp["objective"]["recall_floor"])
     tuner = NasTuner(oracle, hypermodel, run, exp, data, emit, deadline)

@@ -157,3 +157,88 @@ def test_numpy_and_tensorflow_normalization_agree(shape, size):
     b = normalize_tf(frame[None].astype(np.float32), size, (0.5, 99.5)).numpy()[0, ..., 0]
     assert a.shape == (size, size) and 0 <= a.min() and a.max() <= 1
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_parallel_decode_equals_serial_and_reports_progress(tmp_path):
+    root = make_folder_data(tmp_path / "d", n=40, size=20)  # 80 frames: above the parallel threshold
+    records = data.scan(root)
+    seen = []
+    par = data.build_cache(records, root, tmp_path / "c1", 16, (1, 99), workers=2, progress=lambda d, t: seen.append((d, t)))
+    ser = data.build_cache(records, root, tmp_path / "c2", 16, (1, 99), workers=1)
+    np.testing.assert_array_equal(np.asarray(par.frames), np.asarray(ser.frames))
+    assert seen[-1] == (80, 80)
+
+
+def test_microscope_formats_are_read_through_rosettasciio(tmp_path):
+    emd = pytest.importorskip("rsciio.emd")
+    frame = (np.arange(32 * 32).reshape(32, 32) % 97).astype(np.uint16)
+    axes = [{"size": 32, "name": n, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": False} for n in "yx"]
+    emd.file_writer(str(tmp_path / "f.emd"), {"data": frame, "axes": axes, "metadata": {"General": {"title": "f"}, "Signal": {}}, "original_metadata": {}})
+    np.testing.assert_array_equal(data.read_frame(tmp_path / "f.emd"), frame.astype(np.float64))
+    (tmp_path / "bad.dm3").write_bytes(b"\x00" * 64)
+    with pytest.raises(NasError, match="bad.dm3: not a readable .dm3 file"):
+        data.read_frame(tmp_path / "bad.dm3")
+
+
+def test_augmentation_keeps_content_and_applies_to_training_only(tmp_path, tiny_data, monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 16, 16)).astype(np.float32)
+    y = data.augment_batch(x, rng, {"flips": True, "rot90": True})
+    for a, b in zip(x, y, strict=True):  # flips and turns permute pixels, nothing else
+        np.testing.assert_array_equal(np.sort(a.ravel()), np.sort(b.ravel()))
+    z = data.augment_batch(x, rng, {"shift": 0.1, "intensity": 0.2, "noise": 0.05})
+    assert z.shape == x.shape and z.min() >= 0 and z.max() <= 1 and not np.allclose(z, x)
+
+    calls = []
+    real = data.make_dataset
+    monkeypatch.setattr(data, "make_dataset", lambda *a, **k: calls.append((k.get("shuffle"), k.get("augment"))) or real(*a, **k))
+    exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 1, "epochs": 1}, augment={"flips": True, "rot90": True})
+    assert cli("search", exp, "--results", tmp_path / "res").code == 0
+    assert (True, {"flips": True, "rot90": True, "shift": 0.0, "intensity": 0.0, "noise": 0.0}) in calls
+    assert all(aug is None for shuffle, aug in calls if not shuffle)  # validation is never augmented
+
+
+def test_resume_refuses_changed_data_naming_the_files(tmp_path, tiny_data):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    exp = write_experiment(tmp_path / "e.toml", root, budget={"max_trials": 1, "epochs": 1})
+    assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "r").code == 0
+    victim = sorted((root / "positive").glob("*.tif"))[0]
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    res = cli("resume", tmp_path / "res" / "tiny" / "r", "--max-trials", "2")
+    assert res.code == 2 and "data changed" in res.err and f"{victim.relative_to(root)} (modified)" in res.err
+    res = cli("export", tmp_path / "res" / "tiny" / "r")
+    assert res.code == 2 and "data changed" in res.err
+
+
+def test_same_frame_in_two_splits_is_refused_or_dropped(tmp_path, tiny_data):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    rows = list(csv.DictReader(open(root / "labels.csv")))
+    src = next(r for r in rows if r["label"] == "positive")
+    groups = sorted({r["group"] for r in rows})
+    copy = dict(src, path="positive/copy.tif", group=next(g for g in groups if g != src["group"]))
+    shutil.copy(root / src["path"], root / copy["path"])
+    with open(root / "labels.csv", "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=list(rows[0])).writerow(copy)
+    exp = write_experiment(tmp_path / "e.toml", root, budget={"max_trials": 1, "epochs": 1})
+    for seed in range(10):  # find a split seed that puts the two copies' groups in different splits
+        res = cli("search", exp, "--results", tmp_path / "res", "--run-id", f"s{seed}", "--set", f"data.seed={seed}")
+        if res.code == 2:
+            break
+    assert "same image content" in res.err and "different splits" in res.err
+    res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "skip", "--set", f"data.seed={seed}", "--set", "data.skip_bad=true")
+    assert res.code == 0, res.err
+    log = (tmp_path / "res" / "tiny" / "skip" / "trials.jsonl").read_text()
+    assert "duplicate of" in log
+    split_paths = {r["path"] for r in csv.DictReader(open(tmp_path / "res" / "tiny" / "skip" / "split.csv"))}
+    assert len({src["path"], copy["path"]} & split_paths) == 1
+
+
+def test_search_reports_class_balance_per_split(finished_run):
+    from nas.runlog import read_events
+
+    started = read_events(finished_run / "trials.jsonl")[0]
+    assert set(started["balance"]) == set(data.SPLITS)
+    assert sum(b["n"] for b in started["balance"].values()) == 60
