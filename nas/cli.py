@@ -33,35 +33,57 @@ def _progress(desc: str):
 
 
 def _trial_printer():
-    """One line per finished or failed trial, with the best so far; the search itself prints nothing."""
-    state = {"best": None, "t0": time.time(), "done": 0, "max": None}
+    """One line per trial on stdout, and on a terminal a live bar on stderr: trials done of the budget,
+    elapsed time, best objective so far. The search itself prints nothing; it emits events."""
+    from tqdm import tqdm
+
+    state: dict = {"best": None, "t0": time.time(), "bar": None}
+
+    def say(text: str) -> None:
+        if state["bar"] is not None:
+            state["bar"].clear()
+        print(text, file=sys.stdout, flush=True)
+        if state["bar"] is not None:
+            state["bar"].refresh()
+
+    def advance() -> None:
+        bar = state["bar"]
+        if bar is not None:
+            bar.update(1)
+            if state["best"] is not None:
+                bar.set_postfix_str(f"best {state['best']:.3f}")
 
     def sink(ev: dict) -> None:
-        out = sys.stdout
         kind = ev["event"]
         if kind == "search_started":
-            state["max"] = ev["max_trials"]
-            print(f"search: {ev['tuner']} over {ev['space']}, up to {ev['max_trials']} trials; "
-                  f"{ev['train']} train / {ev['val']} val frames"
-                  + (f"; {ev['skipped']} bad frames skipped" if ev["skipped"] else "")
-                  + (" (resumed)" if ev["resumed"] else ""), file=out, flush=True)
+            state["bar"] = tqdm(total=ev["max_trials"], desc="trials", unit="trial", file=sys.stderr, leave=False,
+                                disable=not sys.stderr.isatty(), bar_format="{desc} {n}/{total} |{bar}| {elapsed} {postfix}")
+            say(f"search: {ev['tuner']} over {ev['space']}, up to {ev['max_trials']} trials; "
+                f"{ev['train']} train / {ev['val']} val frames"
+                + (f"; {ev['skipped']} bad frames skipped" if ev["skipped"] else "")
+                + (" (resumed)" if ev["resumed"] else ""))
             parts = [f"{s} {b['n']} ({100 * b['positives'] / max(b['n'], 1):.0f}% positive)" for s, b in ev["balance"].items()]
-            print(f"data: {', '.join(parts)}; {ev['decoded']} frames decoded, the rest from the cache", file=out, flush=True)
+            say(f"data: {', '.join(parts)}; {ev['decoded']} frames decoded, the rest from the cache")
         elif kind == "trial_finished":
-            state["done"] += 1
             obj = ev["objective"]
             if state["best"] is None or obj > state["best"]:
                 state["best"] = obj
             note = f"  [{ev['reason']}]" if ev.get("reason") else ""
-            print(f"trial {ev['trial_id']}: val precision@recall {obj:.3f} (thr {ev['threshold']:.3g}, PR-AUC {ev['pr_auc']:.3f}), "
-                  f"{ev['params']} params, {ev['epochs_run']} ep, {ev['seconds']:.1f}s | best {state['best']:.3f} | "
-                  f"elapsed {time.time() - state['t0']:.0f}s{note}", file=out, flush=True)
+            lo, hi = ev.get("objective_ci95") or (obj, obj)
+            say(f"trial {ev['trial_id']}: val precision@recall {obj:.3f} [{lo:.2f}-{hi:.2f}] (thr {ev['threshold']:.3g}, "
+                f"PR-AUC {ev['pr_auc']:.3f}), {ev['params']} params, {ev['epochs_run']} ep, {ev['seconds']:.1f}s | "
+                f"best {state['best']:.3f} | elapsed {time.time() - state['t0']:.0f}s{note}")
+            advance()
         elif kind == "trial_failed":
-            print(f"trial {ev['trial_id']}: FAILED: {ev['reason'].splitlines()[0][:200]}", file=out, flush=True)
+            say(f"trial {ev['trial_id']}: FAILED: {ev['reason'].splitlines()[0][:200]}")
+            advance()
         elif kind == "trial_interrupted":
-            print(f"trial {ev['trial_id']}: interrupted ({ev['reason']}); 'nas resume' continues it", file=out, flush=True)
+            say(f"trial {ev['trial_id']}: interrupted ({ev['reason']}); 'nas resume' continues it")
         elif kind == "search_ended":
-            print(f"search ended: {ev['reason']}", file=out, flush=True)
+            if state["bar"] is not None:
+                state["bar"].close()
+                state["bar"] = None
+            say(f"search ended: {ev['reason']}")
 
     return sink
 
@@ -132,6 +154,14 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from nas.report import make_report
+
+    page = make_report(args.run, out=args.out, top=args.top)
+    print(f"report: {page}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from nas.predict import predict, write_csv
 
@@ -189,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--sort", help="column to sort by instead of the search's rank")
     lb.add_argument("--status", default="finished", help="finished (default), failed, interrupted, running or all")
     lb.set_defaults(func=cmd_leaderboard)
+
+    rp = sub.add_parser("report", help="a Markdown page with plots of a run: progress, Pareto fronts, PR curves")
+    rp.add_argument("run")
+    rp.add_argument("--out", help="folder (default RUN/report)")
+    rp.add_argument("--top", type=int, default=5, help="trials in the table and the PR plot (default 5)")
+    rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("predict", help="classify TIFF files or folders with an export; CSV out")
     pr.add_argument("export")

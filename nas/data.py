@@ -27,7 +27,7 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 MICROSCOPE_SUFFIXES = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd"}  # nas[formats]
 FRAME_SUFFIXES = TIFF_SUFFIXES + tuple(MICROSCOPE_SUFFIXES)
 ACCEPTED_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64, np.uint32, np.int32)
-CACHE_VERSION = 3  # bump when preprocessing arithmetic changes
+CACHE_VERSION = 4  # bump when preprocessing arithmetic changes
 SPLITS = ("train", "val", "test")
 
 
@@ -160,11 +160,91 @@ def _check_pixels(path: Path, data: np.ndarray) -> np.ndarray:
     return data
 
 
+class FrameStore:
+    """The cache's frames: a float32 .npy file of shape (n, size, size), read and written a row at a time
+    with pread/pwrite. Unlike a memory map, pages it reads never count towards this process's memory, so
+    resident memory holds only the rows asked for, however many frames the cache has."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            self.offset = fh.tell()
+        if dtype != np.float32 or len(shape) != 3:
+            raise ValueError(f"{path}: not a frame cache")
+        self.shape = shape
+        self.row_bytes = shape[1] * shape[2] * 4
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+    @staticmethod
+    def create(path: Path, n: int, size: int) -> RowWriter:
+        """An empty store of n rows on disk, and a writer that fills it a row at a time."""
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_2_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (n, size, size)})
+            offset = fh.tell()
+            fh.truncate(offset + n * size * size * 4)
+        return RowWriter(os.open(path, os.O_RDWR), offset, size * size * 4)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        out = np.empty((len(rows), *self.shape[1:]), np.float32)
+        for k, r in enumerate(rows):
+            if not 0 <= r < self.shape[0]:
+                raise IndexError(f"row {r} outside a cache of {self.shape[0]} frames")
+            os.preadv(self.fd, [memoryview(out[k]).cast("B")], self.offset + int(r) * self.row_bytes)
+        return out
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self.read([index])[0]
+        if isinstance(index, slice):
+            return self.read(range(*index.indices(len(self))))
+        return self.read(index)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.read(range(len(self)))
+        return out if dtype is None else out.astype(dtype)
+
+    def __del__(self):
+        try:
+            os.close(self.fd)
+        except (AttributeError, OSError):
+            pass
+
+
+@dataclass
+class RowWriter:
+    """Writes rows of a FrameStore file with pwrite; `close` makes them durable."""
+
+    fd: int
+    offset: int
+    row_bytes: int
+
+    def write(self, row: int, frame: np.ndarray) -> None:
+        data = np.ascontiguousarray(frame, dtype=np.float32).tobytes()
+        if len(data) != self.row_bytes:
+            raise ValueError(f"row of {len(data)} bytes; expected {self.row_bytes}")
+        os.pwrite(self.fd, data, self.offset + row * self.row_bytes)
+
+    def close(self, sync: bool = True) -> None:
+        if self.fd < 0:
+            return
+        if sync:
+            os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+
 @dataclass
 class CachedData:
-    """Preprocessed frames in a read-only memory map, row i belonging to records[i]."""
+    """Preprocessed frames in an on-disk store, row i belonging to records[i]."""
 
-    frames: np.ndarray
+    frames: FrameStore
     records: list[Record]
     skipped: list[tuple[str, str]]
     rebuilt: int
@@ -185,6 +265,10 @@ def identity(root: Path, rec: Record) -> str:
 def cache_key(root: Path, size: int, clip: Iterable[float]) -> str:
     text = json.dumps({"root": str(root.resolve()), "size": size, "clip": list(clip), "v": CACHE_VERSION})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _digest(frame: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(frame, dtype=np.float32).tobytes()).hexdigest()
 
 
 def _decode(task: tuple[str, int, tuple[float, float]]) -> tuple[np.ndarray | None, str]:
@@ -232,7 +316,7 @@ def build_cache(
     """Decode and normalize every frame once into `cache_root/<key>/frames.npy`, reusing unchanged rows.
 
     A row is reused when the file's path, size and mtime match the cached entry. Rows stream into a new
-    memory map beside the old one (memory does not grow with the number of frames), which is renamed into
+    file beside the old one (memory does not grow with the number of frames), which is renamed into
     place at the end, so an interrupted build leaves the old cache intact.
     """
     root = Path(root)
@@ -240,27 +324,33 @@ def build_cache(
     directory.mkdir(parents=True, exist_ok=True)
     index_path, frames_path = directory / "index.json", directory / "frames.npy"
     old_rows: dict[str, int] = {}
+    old_digests: list[str] = []
     old = None
     if index_path.is_file() and frames_path.is_file():
         try:
-            old_rows = {ident: i for i, ident in enumerate(json.loads(index_path.read_text())["identities"])}
-            old = np.load(frames_path, mmap_mode="r")
+            index = json.loads(index_path.read_text())
+            old_rows = {ident: i for i, ident in enumerate(index["identities"])}
+            old_digests = index["digests"]
+            old = FrameStore(frames_path)
         except (ValueError, KeyError, OSError):
             old_rows, old = {}, None  # a damaged cache is rebuilt, never trusted
     identities = [identity(root, r) for r in records]
     todo = [i for i, ident in enumerate(identities) if ident not in old_rows]
-    unchanged = not todo and old is not None and list(old_rows) == identities
+    if not todo and old is not None and list(old_rows) == identities:
+        return CachedData(old, list(records), [], 0, directory, _duplicates(root, records, old_digests, range(len(records))))
     workers = workers if workers is not None else max(1, min(os.cpu_count() or 1, 8))
-    frames = old if unchanged else np.lib.format.open_memmap(
-        tmp := directory / f"frames.{os.getpid()}.tmp.npy", mode="w+", dtype=np.float32, shape=(len(records), size, size))
+    tmp = directory / f"frames.{os.getpid()}.tmp.npy"
+    writer = FrameStore.create(tmp, len(records), size)
+    digests: list[str] = [""] * len(records)
     bad: dict[int, str] = {}
-    if not unchanged:
-        decoded = _decoded([(str(root / records[i].path), size, clip) for i in todo], workers)
-        fresh = iter(zip(todo, decoded, strict=True))
+    try:
+        fresh = iter(zip(todo, _decoded([(str(root / records[i].path), size, clip) for i in todo], workers), strict=True))
         done = 0
         for i in range(len(records)):
             if identities[i] in old_rows:
-                frames[i] = old[old_rows[identities[i]]]
+                j = old_rows[identities[i]]
+                writer.write(i, old[j])
+                digests[i] = old_digests[j]
                 continue
             _, (frame, error) = next(fresh)
             done += 1
@@ -269,39 +359,42 @@ def build_cache(
                     raise NasError(error)
                 bad[i] = error
             else:
-                frames[i] = frame
+                writer.write(i, frame)
+                digests[i] = _digest(frame)
             if progress:
                 progress(done, len(todo))
-    keep = [i for i in range(len(records)) if i not in bad]
-    duplicates = _duplicates(root, records, frames, keep)
-    if not unchanged:
+        keep = [i for i in range(len(records)) if i not in bad]
+        duplicates = _duplicates(root, records, digests, keep)
         if bad:  # compact: drop the rows of skipped frames, a row at a time
-            compact = np.lib.format.open_memmap(tmp2 := directory / f"frames.{os.getpid()}.tmp2.npy", mode="w+",
-                                                dtype=np.float32, shape=(len(keep), size, size))
+            writer.close()
+            written = FrameStore(tmp)
+            tmp2 = directory / f"frames.{os.getpid()}.tmp2.npy"
+            compact = FrameStore.create(tmp2, len(keep), size)
             for row, i in enumerate(keep):
-                compact[row] = frames[i]
-            compact.flush()
-            del frames, compact
+                compact.write(row, written[i])
+            compact.close()
+            del written
             os.replace(tmp2, tmp)
-            index = {i: row for row, i in enumerate(keep)}
-            duplicates = [(index[a], index[b]) for a, b in duplicates]
-        else:
-            frames.flush()
-            del frames
-        os.replace(tmp, frames_path)
-        _write_json(index_path, {"identities": [identities[i] for i in keep], "size": size, "clip": list(clip)})
-        frames = np.load(frames_path, mmap_mode="r")
-    return CachedData(frames, [records[i] for i in keep], [(records[i].path, bad[i]) for i in sorted(bad)],
-                      len(todo) - len(bad), directory, duplicates)
+            position = {i: row for row, i in enumerate(keep)}
+            duplicates = [(position[a], position[b]) for a, b in duplicates]
+        writer.close()
+    except BaseException:
+        writer.close(sync=False)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, frames_path)
+    _write_json(index_path, {"identities": [identities[i] for i in keep], "digests": [digests[i] for i in keep],
+                             "size": size, "clip": list(clip)})
+    return CachedData(FrameStore(frames_path), [records[i] for i in keep],
+                      [(records[i].path, bad[i]) for i in sorted(bad)], len(todo) - len(bad), directory, duplicates)
 
 
-def _duplicates(root: Path, records: list[Record], frames: np.ndarray, keep: list[int]) -> list[tuple[int, int]]:
+def _duplicates(root: Path, records: list[Record], digests: list[str], keep: Iterable[int]) -> list[tuple[int, int]]:
     """Pairs of rows with identical content. Under two labels that would poison training: refused here."""
-    seen: dict[bytes, int] = {}
+    seen: dict[str, int] = {}
     pairs = []
     for i in keep:
-        digest = hashlib.sha1(np.ascontiguousarray(frames[i]).tobytes()).digest()
-        j = seen.setdefault(digest, i)
+        j = seen.setdefault(digests[i], i)
         if j != i:
             if records[j].label != records[i].label:
                 raise NasError(f"{root / records[i].path}: same image content as {records[j].path}, but with the other label")
@@ -431,9 +524,9 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndar
     return np.clip(x, 0, 1).astype(np.float32)
 
 
-def make_dataset(frames: np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *, shuffle: bool,
+def make_dataset(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *, shuffle: bool,
                  seed: int = 0, augment: dict | None = None):
-    """tf.data over rows of the memory map: one batch in memory at a time; reshuffled (and augmented, for
+    """tf.data over rows of the frame store: one batch in memory at a time; reshuffled (and augmented, for
     training data only) every epoch with a seeded generator."""
     import tensorflow as tf
 

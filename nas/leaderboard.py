@@ -18,7 +18,7 @@ from nas.runlog import RunDir, read_events, trial_records
 
 FORMATS = ("table", "csv", "json", "md")
 COLUMNS = (
-    "rank", "run", "trial_id", "status", "objective", "threshold", "recall", "tie_break", "pr_auc",
+    "rank", "run", "trial_id", "status", "objective", "objective_ci95", "threshold", "recall", "tie_break", "pr_auc",
     "val_loss", "params", "latency_ms", "seconds", "epochs_run", "best_epoch", "reason",
 )
 STATUSES = ("finished", "failed", "interrupted", "running", "all")
@@ -59,13 +59,17 @@ def select(rows: list[dict[str, Any]], *, status: str = "finished", top: int | N
 
 
 def all_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The known columns these rows carry (all of them for rows from collect), then param_* columns."""
     params = sorted({k for r in rows for k in r if k.startswith("param_")})
-    return [*COLUMNS, *params]
+    known = [c for c in COLUMNS if not rows or any(c in r for r in rows)]
+    return [*known, *params]
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, list):
+        return "-".join(_cell(v) for v in value)
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
     return str(value)
@@ -82,7 +86,7 @@ def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()} for r in rows)
         return buf.getvalue()
     shown = [c for c in cols if c != "reason" or any(r.get("reason") for r in rows)]
     cells = [[_cell(r.get(c)) for c in shown] for r in rows]

@@ -101,6 +101,18 @@ def classification_report(y_true: np.ndarray, prob: np.ndarray, threshold: float
     }
 
 
+def objective_interval(y_true: np.ndarray, prob: np.ndarray, floor: float, n: int = 200, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of the exact objective (the threshold re-chosen in each resample)."""
+    y_true = np.asarray(y_true).astype(int).ravel()
+    prob = np.asarray(prob, dtype=np.float64).ravel()
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(n):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        scores.append(precision_at_recall(y_true[idx], prob[idx], floor).precision)
+    return [float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))]
+
+
 def bootstrap_interval(y_true: np.ndarray, prob: np.ndarray, threshold: float, n: int, seed: int = 0) -> dict[str, list[float]]:
     """95% percentile-bootstrap intervals of precision and recall at a fixed threshold."""
     if n <= 0:

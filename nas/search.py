@@ -27,7 +27,7 @@ from nas import config as config_mod  # noqa: E402
 from nas import data as data_mod  # noqa: E402
 from nas.errors import NasError  # noqa: E402
 from nas.models import PR_AUC_METRIC, PRECISION_METRIC, SpaceHyperModel, build_model  # noqa: E402
-from nas.objective import oracle_score, precision_at_recall, tie_break_value  # noqa: E402
+from nas.objective import objective_interval, oracle_score, precision_at_recall, tie_break_value  # noqa: E402
 from nas.runlog import RunDir, append_event, atomic_write_text, repair_log, run_lock  # noqa: E402
 from nas.space import SearchSpace, load_space, parse_space  # noqa: E402
 
@@ -42,9 +42,9 @@ class BudgetExhausted(keras_tuner.errors.FatalError):
 
 @dataclass
 class TrialData:
-    """What every trial trains and validates on: rows of one cached array (the test rows are not here)."""
+    """What every trial trains and validates on: rows of the frame cache (the test rows are not used)."""
 
-    frames: np.ndarray
+    frames: data_mod.FrameStore
     labels: np.ndarray
     train_rows: np.ndarray
     val_rows: np.ndarray
@@ -129,7 +129,7 @@ class NasTuner(base_tuner.BaseTuner):
             model = build_model(values, self.hypermodel.image_size, self.hypermodel.recall_floor)
             if "trial_id" in fidelity:  # Hyperband: continue from the earlier round's best weights
                 model.load_weights(self.run.trial_dir(fidelity["trial_id"]) / "best.weights.h5")
-            outcome = self._fit_and_score(model, tid, epochs, initial_epoch)
+            outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch)
         except BudgetExhausted:
             self.emit("trial_interrupted", trial_id=tid, reason="time budget reached during the trial")
             raise
@@ -141,7 +141,7 @@ class NasTuner(base_tuner.BaseTuner):
         self.emit("trial_finished", **outcome)
         return {"score": oracle_score(outcome["objective"], outcome["tie_break"])}
 
-    def _fit_and_score(self, model: keras.Model, tid: str, epochs: int, initial_epoch: int) -> dict[str, Any]:
+    def _fit_and_score(self, model: keras.Model, values: dict[str, Any], tid: str, epochs: int, initial_epoch: int) -> dict[str, Any]:
         exp, data = self.exp, self.data
         batch = exp["search"]["batch_size"]
         seed = exp["search"]["seed"] * 100_003 + int(tid)
@@ -149,7 +149,11 @@ class NasTuner(base_tuner.BaseTuner):
                                       augment=data.augment)
         val = data_mod.make_dataset(data.frames, data.labels, data.val_rows, batch, shuffle=False)
         log = _EpochLog(self.emit, tid, self.deadline)
-        callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), log]
+        board = self.run.path / "tensorboard" / tid
+        callbacks: list[keras.callbacks.Callback] = [
+            keras.callbacks.TerminateOnNaN(), log,
+            keras.callbacks.TensorBoard(log_dir=str(board), write_graph=False, profile_batch=0),
+        ]
         patience = exp["training"]["early_stopping_patience"]
         if patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=f"val_{PR_AUC_METRIC}", mode="max", patience=patience))
@@ -178,8 +182,10 @@ class NasTuner(base_tuner.BaseTuner):
         latency = measure_latency_ms(model, data.frames.shape[1])
         tie_name = exp["objective"]["tie_break"]
         tie = tie_break_value(tie_name, y_val, prob, params=params, latency_ms=latency)
+        _write_hparams(board, tid, self.hypermodel.space.resolve_for_log(values), op.precision, tie, params, latency)
         return {
-            "objective": op.precision, "recall": op.recall, "threshold": op.threshold, "reason": op.reason,
+            "objective": op.precision, "objective_ci95": objective_interval(y_val, prob, floor, seed=int(tid)),
+            "recall": op.recall, "threshold": op.threshold, "reason": op.reason,
             "tie_break": tie, "tie_break_name": tie_name, "pr_auc": tie_break_value("pr_auc", y_val, prob),
             "val_loss": _at_epoch(history.history.get("val_loss", []), log.best_epoch - initial_epoch - 1),
             "params": params, "latency_ms": round(latency, 4), "epochs_run": epochs_run,
@@ -194,6 +200,18 @@ class NasTuner(base_tuner.BaseTuner):
         model = hm.build(trial.hyperparameters)
         model.load_weights(self.run.trial_dir(trial.trial_id) / "best.weights.h5")
         return model
+
+
+def _write_hparams(folder: Path, trial_id: str, values: dict[str, Any], objective: float, tie: float,
+                   params: int, latency: float) -> None:
+    """One HParams record per trial, so TensorBoard's HParams tab compares trials of a run."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    with tf.summary.create_file_writer(str(folder / "hparams")).as_default():
+        hp_api.hparams(values, trial_id=trial_id)
+        for name, value in (("objective_val", objective), ("tie_break_val", tie), ("params", params), ("latency_ms", latency)):
+            tf.summary.scalar(name, value, step=0)
 
 
 def _at_epoch(values: list[float], index: int) -> float | None:

@@ -190,6 +190,11 @@ class SearchSpace:
         """All values of one trial, constants and searched ones, registered on `hp` as a side effect."""
         return {name: dim.register(hp) for name, dim in self.dimensions.items()}
 
+    @staticmethod
+    def resolve_for_log(values: dict[str, Any]) -> dict[str, Any]:
+        """Values as TensorBoard HParams accepts them (bool, number or string)."""
+        return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+
     def size_hint(self) -> float:
         """Number of distinct configurations (inf when a float range is continuous)."""
         total = 1.0

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 
 from nas.objective import rank_key
@@ -61,3 +62,68 @@ def test_sort_status_and_bad_arguments(finished_run, tmp_path):
     assert res.code == 2 and "no such column" in res.err
     res = cli("leaderboard", tmp_path)
     assert res.code == 2 and "no trials.jsonl" in res.err
+
+
+def test_leaderboard_ranks_as_the_search_oracle_did(finished_run, second_run):
+    """KerasTuner's own trial records (the oracle's scores) order trials exactly as the leaderboard does."""
+    for run in (finished_run, second_run):
+        scores = {}
+        for path in (run / "tuner" / "search").glob("trial_*/trial.json"):
+            rec = json.loads(path.read_text())
+            scores[rec["trial_id"]] = rec["score"]
+        rows = json.loads(cli("leaderboard", run, "--format", "json").out)
+        by_oracle = sorted(scores, key=lambda t: (-scores[t], t))
+        assert [r["trial_id"] for r in rows] == by_oracle
+
+
+def test_each_trial_carries_a_bootstrap_interval_of_its_objective(finished_run):
+    for r in json.loads(cli("leaderboard", finished_run, "--format", "json").out):
+        lo, hi = r["objective_ci95"]
+        assert 0 <= lo <= hi <= 1
+
+
+def test_report_writes_markdown_and_valid_pngs(finished_run, tmp_path):
+    res = cli("report", finished_run, "--out", tmp_path / "rep")
+    assert res.code == 0, res.err
+    page = (tmp_path / "rep" / "report.md").read_text()
+    assert "val" in page and "Pareto" in page
+    for name in ("objective_over_trials.png", "pareto.png", "pr_curves.png"):
+        data = (tmp_path / "rep" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
+        assert f"({name})" in page
+
+
+def test_pareto_front():
+    from nas.report import pareto_front
+
+    cost = np.array([10, 20, 30, 15, 40])
+    value = np.array([0.5, 0.7, 0.9, 0.4, 0.8])
+    assert pareto_front(cost, value).tolist() == [0, 1, 2]
+
+
+def test_tensorboard_logs_with_hparams_per_trial(finished_run):
+    for tid in ("0", "1"):
+        board = finished_run / "tensorboard" / tid
+        assert any(board.rglob("events.out.tfevents.*")), tid
+        assert any((board / "hparams").glob("events.out.tfevents.*")), tid
+
+
+def test_live_progress_bar_on_a_terminal(monkeypatch):
+    import io
+
+    from nas.cli import _trial_printer
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err, out = Terminal(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    monkeypatch.setattr("sys.stdout", out)
+    sink = _trial_printer()
+    sink({"event": "search_started", "tuner": "random", "space": "s", "max_trials": 2, "train": 5, "val": 3,
+          "skipped": 0, "resumed": False, "balance": {"train": {"n": 5, "positives": 2}}, "decoded": 8})
+    sink({"event": "trial_finished", "trial_id": "0", "objective": 0.75, "objective_ci95": [0.5, 1.0], "threshold": 0.4,
+          "pr_auc": 0.8, "params": 100, "epochs_run": 2, "seconds": 1.0})
+    assert "trials 1/2" in err.getvalue() and "best 0.750" in err.getvalue()
+    assert "trial 0: val precision@recall 0.750 [0.50-1.00]" in out.getvalue()
