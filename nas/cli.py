@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from nas import __version__
-from nas.errors import NasError
+from nas.errors import NasError, Stopped
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except NasError as exc:
         print(f"nas: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"nas: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         run = getattr(args, "run", None)
         print("\nnas: interrupted" + (f"; continue with 'nas resume {run}'" if run else ""), file=sys.stderr)

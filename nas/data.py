@@ -525,14 +525,14 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndar
 
 
 def make_dataset(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *, shuffle: bool,
-                 seed: int = 0, augment: dict | None = None):
+                 seed: int = 0, augment: dict | None = None, first_epoch: int = 0):
     """tf.data over rows of the frame store: one batch in memory at a time; reshuffled (and augmented, for
     training data only) every epoch with a seeded generator."""
     import tensorflow as tf
 
     size = frames.shape[1]
     rows = np.asarray(rows)
-    state = {"epoch": 0}
+    state = {"epoch": first_epoch}  # a resumed trial continues the shuffle sequence where it stopped
 
     def batches():
         order = rows.copy()

@@ -10,3 +10,7 @@ class NasError(Exception):
 
 class LockedRunError(NasError):
     """Another live process is writing this run."""
+
+
+class Stopped(Exception):
+    """The user stopped a search (Ctrl-C, SIGTERM); everything up to the last epoch is saved."""

@@ -8,6 +8,7 @@ test split.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -21,14 +22,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
+from keras_tuner.src import utils as kt_utils  # noqa: E402
 from keras_tuner.src.engine import base_tuner  # noqa: E402
 
 from nas import config as config_mod  # noqa: E402
 from nas import data as data_mod  # noqa: E402
-from nas.errors import NasError  # noqa: E402
-from nas.models import PR_AUC_METRIC, PRECISION_METRIC, SpaceHyperModel, build_model  # noqa: E402
+from nas import stopping  # noqa: E402
+from nas.checkpoint import ResumableEarlyStopping, TrialProgress, clear_checkpoint, load_checkpoint  # noqa: E402
+from nas.errors import NasError, Stopped  # noqa: E402
+from nas.models import PR_AUC_METRIC, SpaceHyperModel, build_model  # noqa: E402
 from nas.objective import objective_interval, oracle_score, precision_at_recall, tie_break_value  # noqa: E402
-from nas.runlog import RunDir, append_event, atomic_write_text, repair_log, run_lock  # noqa: E402
+from nas.runlog import (  # noqa: E402
+    RunDir,
+    append_event,
+    atomic_write_text,
+    read_events,
+    repair_log,
+    run_lock,
+    trial_records,
+)
 from nas.space import SearchSpace, load_space, parse_space  # noqa: E402
 
 OBJECTIVE = keras_tuner.Objective("score", direction="max")
@@ -37,7 +49,21 @@ CACHE_FOLDER = ".cache"
 
 
 class BudgetExhausted(keras_tuner.errors.FatalError):
-    """The time budget ran out; the in-flight trial stays open in the oracle so resume re-runs it."""
+    """The time budget ran out; the in-flight trial stays open in the oracle so resume continues it."""
+
+
+class SearchStopped(keras_tuner.errors.FatalError):
+    """Ctrl-C or SIGTERM: the current epoch was finished and checkpointed; resume continues from it."""
+
+
+def _atomic_save_json(path, obj) -> str:
+    """KerasTuner writes its oracle and trial JSON in place; a kill mid-write would truncate it."""
+    text = json.dumps(obj)
+    atomic_write_text(path, text)
+    return text
+
+
+kt_utils.save_json = _atomic_save_json  # every KerasTuner state file goes through this function
 
 
 @dataclass
@@ -50,31 +76,6 @@ class TrialData:
     val_rows: np.ndarray
     class_weight: dict[int, float] | None
     augment: dict[str, Any] | None = None
-
-
-class _EpochLog(keras.callbacks.Callback):
-    """Append one 'epoch' event per finished epoch and remember the best epoch's weights in memory."""
-
-    def __init__(self, emit: Callable[..., None], trial_id: str, deadline: float | None):
-        super().__init__()
-        self.emit, self.trial_id, self.deadline = emit, trial_id, deadline
-        self.best_key: tuple[float, float] | None = None
-        self.best_epoch = 0
-        self.best_weights = None
-        self.out_of_time = False
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        self.emit("epoch", trial_id=self.trial_id, epoch=epoch + 1, **logs)
-        key = (logs.get(f"val_{PRECISION_METRIC}", 0.0), logs.get(f"val_{PR_AUC_METRIC}", 0.0))
-        if not all(map(math.isfinite, key)):
-            key = (-1.0, -1.0)
-        if self.best_key is None or key > self.best_key:
-            self.best_key, self.best_epoch = key, epoch + 1
-            self.best_weights = self.model.get_weights()
-        if self.deadline is not None and time.time() >= self.deadline:
-            self.out_of_time = True
-            self.model.stop_training = True
 
 
 def measure_latency_ms(model: keras.Model, image_size: int, repeats: int = 20) -> float:
@@ -104,11 +105,16 @@ class NasTuner(base_tuner.BaseTuner):
     def __init__(self, oracle, hypermodel: SpaceHyperModel, run: RunDir, exp: config_mod.Experiment,
                  data: TrialData, emit: Callable[..., None], deadline: float | None):
         self.run, self.exp, self.data, self.emit, self.deadline = run, exp, data, emit, deadline
+        # trials our log already calls finished: if the tuner re-runs one (a kill between our log line and
+        # its own state file), report the logged score instead of training it again
+        self.logged = {t: r for t, r in trial_records(read_events(run.trials_log)).items() if r["status"] == "finished"}
         super().__init__(oracle, hypermodel, directory=str(run.tuner), project_name="search", overwrite=False)
 
     def pre_create_trial(self):
         if self.deadline is not None and time.time() >= self.deadline:
             raise BudgetExhausted("time budget reached")
+        if stopping.requested():
+            raise SearchStopped(f"stopped by {stopping.requested()}")
 
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         exp = self.exp
@@ -121,17 +127,26 @@ class NasTuner(base_tuner.BaseTuner):
         fidelity = {k[len("tuner/"):]: v for k, v in hp.values.items() if k.startswith("tuner/")}
         epochs = int(fidelity.get("epochs", exp["budget"]["epochs"]))
         initial_epoch = int(fidelity.get("initial_epoch", 0))
-        self.emit("trial_started", trial_id=tid, hyperparameters=searched, fidelity=fidelity, epochs=epochs)
+        if tid in self.logged:
+            rec = self.logged[tid]
+            return {"score": oracle_score(rec["objective"], rec["tie_break"])}
         tdir = self.run.trial_dir(tid)
         tdir.mkdir(parents=True, exist_ok=True)
+        ckpt = load_checkpoint(tdir)
+        self.emit("trial_started", trial_id=tid, hyperparameters=searched, fidelity=fidelity, epochs=epochs,
+                  resumed_from_epoch=ckpt["epoch"] if ckpt else 0)
         t0 = time.perf_counter()
         try:
-            model = build_model(values, self.hypermodel.image_size, self.hypermodel.recall_floor)
-            if "trial_id" in fidelity:  # Hyperband: continue from the earlier round's best weights
-                model.load_weights(self.run.trial_dir(fidelity["trial_id"]) / "best.weights.h5")
-            outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch)
-        except BudgetExhausted:
-            self.emit("trial_interrupted", trial_id=tid, reason="time budget reached during the trial")
+            if ckpt:  # continue the interrupted trial: weights, optimizer state, callback state
+                model = keras.saving.load_model(tdir / ckpt["model"])
+                initial_epoch = ckpt["epoch"]
+            else:
+                model = build_model(values, self.hypermodel.image_size, self.hypermodel.recall_floor)
+                if "trial_id" in fidelity:  # Hyperband: continue from the earlier round's best weights
+                    model.load_weights(self.run.trial_dir(fidelity["trial_id"]) / "best.weights.h5")
+            outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch, ckpt)
+        except (BudgetExhausted, SearchStopped) as exc:
+            self.emit("trial_interrupted", trial_id=tid, reason=f"{exc} during the trial; its last epoch is checkpointed")
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}".strip()[:2000]
@@ -139,24 +154,29 @@ class NasTuner(base_tuner.BaseTuner):
             raise keras_tuner.errors.FailedTrialError(reason) from exc
         outcome.update(trial_id=tid, hyperparameters=searched, fidelity=fidelity, seconds=round(time.perf_counter() - t0, 3))
         self.emit("trial_finished", **outcome)
+        self.logged[tid] = outcome
+        clear_checkpoint(tdir)
         return {"score": oracle_score(outcome["objective"], outcome["tie_break"])}
 
-    def _fit_and_score(self, model: keras.Model, values: dict[str, Any], tid: str, epochs: int, initial_epoch: int) -> dict[str, Any]:
+    def _fit_and_score(self, model: keras.Model, values: dict[str, Any], tid: str, epochs: int, initial_epoch: int,
+                       ckpt: dict[str, Any] | None) -> dict[str, Any]:
         exp, data = self.exp, self.data
         batch = exp["search"]["batch_size"]
         seed = exp["search"]["seed"] * 100_003 + int(tid)
         train = data_mod.make_dataset(data.frames, data.labels, data.train_rows, batch, shuffle=True, seed=seed,
-                                      augment=data.augment)
+                                      augment=data.augment, first_epoch=initial_epoch)
         val = data_mod.make_dataset(data.frames, data.labels, data.val_rows, batch, shuffle=False)
-        log = _EpochLog(self.emit, tid, self.deadline)
+        patience = exp["training"]["early_stopping_patience"]
+        early = ResumableEarlyStopping(monitor=f"val_{PR_AUC_METRIC}", mode="max", patience=patience,
+                                       restored=(ckpt or {}).get("early_stopping")) if patience else None
+        log = TrialProgress(self.emit, tid, self.run.trial_dir(tid), self.deadline, early, restored=ckpt)
         board = self.run.path / "tensorboard" / tid
         callbacks: list[keras.callbacks.Callback] = [
             keras.callbacks.TerminateOnNaN(), log,
             keras.callbacks.TensorBoard(log_dir=str(board), write_graph=False, profile_batch=0),
         ]
-        patience = exp["training"]["early_stopping_patience"]
-        if patience:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor=f"val_{PR_AUC_METRIC}", mode="max", patience=patience))
+        if early:
+            callbacks.append(early)
         fit_t0 = time.perf_counter()
         history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
                             class_weight=data.class_weight, callbacks=callbacks, verbose=0)
@@ -165,8 +185,11 @@ class NasTuner(base_tuner.BaseTuner):
         if any(not math.isfinite(v) for v in losses):
             raise FloatingPointError(f"loss became NaN or infinite at epoch {initial_epoch + len(losses)}")
         epochs_run = initial_epoch + len(losses)
-        if log.out_of_time and epochs_run < epochs:
-            raise BudgetExhausted("time budget reached during the trial")
+        stopped_early = early is not None and early.stopped_epoch > 0
+        if log.out_of_time and epochs_run < epochs and not stopped_early:
+            raise BudgetExhausted("time budget reached")
+        if log.stopped_by and epochs_run < epochs and not stopped_early:
+            raise SearchStopped(f"stopped by {log.stopped_by}")
         if log.best_weights is not None:
             model.set_weights(log.best_weights)
         tdir = self.run.trial_dir(tid)
@@ -175,7 +198,8 @@ class NasTuner(base_tuner.BaseTuner):
         os.replace(tmp, tdir / "best.weights.h5")
         y_val = data.labels[data.val_rows]
         prob = model.predict(val, verbose=0).ravel()
-        np.save(tdir / "val_probs.npy", prob)  # small; rewritten whole if a trial reruns
+        np.save(tdir / "val_probs.tmp.npy", prob)
+        os.replace(tdir / "val_probs.tmp.npy", tdir / "val_probs.npy")
         floor = exp["objective"]["recall_floor"]
         op = precision_at_recall(y_val, prob, floor)
         params = int(model.count_params())
@@ -351,9 +375,13 @@ def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progr
         oracle.max_trials = exp["budget"]["max_trials"]
     reason = "budget of trials reached"
     try:
-        tuner.search()
+        with stopping.graceful_stop():
+            tuner.search()
     except BudgetExhausted:
         reason = "time budget reached"
+    except SearchStopped as exc:
+        emit("search_ended", reason=str(exc))
+        raise Stopped(f"{exc}: the last finished epoch is checkpointed; continue with 'nas resume {run.path}'") from None
     except RuntimeError as exc:
         if "consecutive failures" not in str(exc):
             raise

@@ -1,0 +1,126 @@
+"""Epoch checkpoints of the in-flight trial, so a resume loses at most the epoch that was running.
+
+After every epoch: the model with its optimizer state (`ckpt-<epoch>.keras`), the best epoch's weights when
+they improved (`best-<epoch>.weights.h5`), then `checkpoint.json` naming both with the callbacks' state,
+written atomically last. Files carry their epoch in the name and older ones are removed only after the
+JSON points past them, so a kill at any instant leaves one consistent checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from nas import stopping
+from nas.models import PR_AUC_METRIC, PRECISION_METRIC
+from nas.runlog import atomic_write_json
+
+CHECKPOINT = "checkpoint.json"
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The trial's last consistent checkpoint, or None if it has none (or a damaged one)."""
+    path = folder / CHECKPOINT
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not (folder / state.get("model", "")).is_file():
+        return None
+    return state
+
+
+def clear_checkpoint(folder: Path) -> None:
+    """Remove a finished trial's epoch checkpoints (its best.weights.h5 stays)."""
+    (folder / CHECKPOINT).unlink(missing_ok=True)
+    for pattern in ("ckpt-*.keras", "best-*.weights.h5", ".*.tmp*"):
+        for f in folder.glob(pattern):
+            f.unlink(missing_ok=True)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose patience counter survives a resume (Keras resets it in on_train_begin)."""
+
+    def __init__(self, *args, restored: dict[str, Any] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.restored = restored
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.restored:
+            self.wait = self.restored["wait"]
+            self.best = self.restored["best"]
+            self.best_epoch = self.restored.get("best_epoch", 0)
+
+    def state(self) -> dict[str, Any]:
+        best = None if self.best is None or not math.isfinite(float(self.best)) else float(self.best)
+        return {"wait": int(self.wait), "best": best, "best_epoch": int(getattr(self, "best_epoch", 0))}
+
+
+class TrialProgress(keras.callbacks.Callback):
+    """Per epoch: log the epoch, track the best epoch, write the checkpoint, honour deadline and stop."""
+
+    def __init__(self, emit: Callable[..., None], trial_id: str, folder: Path, deadline: float | None,
+                 early: ResumableEarlyStopping | None = None, restored: dict[str, Any] | None = None):
+        super().__init__()
+        self.emit, self.trial_id, self.folder, self.deadline, self.early = emit, trial_id, folder, deadline, early
+        self.best_key: tuple[float, float] | None = tuple(restored["best_key"]) if restored and restored.get("best_key") else None
+        self.best_epoch = restored["best_epoch"] if restored else 0
+        self.best_file = restored.get("best") if restored else None
+        self.best_weights = None
+        self.out_of_time = False
+        self.stopped_by: str | None = None
+
+    def on_train_begin(self, logs=None):
+        if self.best_file and (self.folder / self.best_file).is_file():
+            current = self.model.get_weights()
+            self.model.load_weights(self.folder / self.best_file)
+            self.best_weights = self.model.get_weights()
+            self.model.set_weights(current)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.emit("epoch", trial_id=self.trial_id, epoch=epoch + 1, **logs)
+        key = (logs.get(f"val_{PRECISION_METRIC}", 0.0), logs.get(f"val_{PR_AUC_METRIC}", 0.0))
+        if not all(map(math.isfinite, key)):
+            key = (-1.0, -1.0)
+        improved = self.best_key is None or key > self.best_key
+        if improved:
+            self.best_key, self.best_epoch = key, epoch + 1
+            self.best_weights = self.model.get_weights()
+        self._save(epoch + 1, improved)
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.out_of_time = True
+            self.model.stop_training = True
+        if stopping.requested():
+            self.stopped_by = stopping.requested()
+            self.model.stop_training = True
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        model_file = f"ckpt-{epoch}.keras"
+        tmp = self.folder / f".{model_file}.tmp.keras"
+        self.model.save(tmp)
+        tmp.replace(self.folder / model_file)
+        if improved:
+            best_file = f"best-{epoch}.weights.h5"
+            tmp = self.folder / f".{best_file}.tmp.weights.h5"
+            self.model.save_weights(tmp)
+            tmp.replace(self.folder / best_file)
+            self.best_file = best_file
+        atomic_write_json(self.folder / CHECKPOINT, {
+            "epoch": epoch, "model": model_file, "best": self.best_file, "best_epoch": self.best_epoch,
+            "best_key": list(self.best_key) if self.best_key else None,
+            "early_stopping": self.early.state() if self.early else None,
+        })
+        for old in self.folder.glob("ckpt-*.keras"):
+            if old.name != model_file:
+                old.unlink(missing_ok=True)
+        for old in self.folder.glob("best-*.weights.h5"):
+            if old.name != self.best_file:
+                old.unlink(missing_ok=True)
