@@ -203,6 +203,7 @@ class Experiment:
 
     values: dict[str, dict[str, Any]]
     source: str
+    overrides: tuple[str, ...] = ()
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.values[section]
@@ -217,16 +218,18 @@ class Experiment:
     def with_values(self, section: str, key: str, value: Any) -> Experiment:
         raw = copy.deepcopy(self.values)
         raw[section][key] = value
-        return Experiment(validate(raw, self.source), self.source)
+        return Experiment(validate(raw, self.source), self.source, self.overrides)
 
 
-def load_experiment(path: str | Path, overrides: Iterable[str] = (), *, resolve_paths: bool = True) -> Experiment:
+def load_experiment(path: str | Path, overrides: Iterable[str] = (), *, resolve_paths: bool = True,
+                    base: str | Path | None = None) -> Experiment:
     """Read, override and validate an experiment file.
 
-    Relative data and space paths are resolved against the current directory and stored absolute, so the
-    frozen copy in a run folder still points at the same files from anywhere.
+    Relative data and space paths are resolved against `base` (default: the current directory) and stored
+    absolute, so the frozen copy in a run folder still points at the same files from anywhere.
     """
     path = Path(path)
+    overrides = tuple(overrides)
     source = str(path)
     if not path.is_file():
         raise NasError(f"{source}: experiment file not found")
@@ -242,9 +245,10 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), *, resolve_
         raw[section][key] = value
     values = validate(raw, source)
     if resolve_paths:
-        values["data"]["path"] = str(Path(values["data"]["path"]).expanduser().resolve())
-        values["search"]["space"] = str(Path(values["search"]["space"]).expanduser().resolve())
-    return Experiment(values, source)
+        here = Path(base) if base else Path.cwd()
+        for section, key in (("data", "path"), ("search", "space")):
+            values[section][key] = str((here / Path(values[section][key]).expanduser()).resolve())
+    return Experiment(values, source, overrides)
 
 
 def diff(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], ignore: Iterable[str] = ()) -> list[str]:

@@ -35,6 +35,7 @@ from nas.objective import objective_interval, oracle_score, precision_at_recall,
 from nas.runlog import (  # noqa: E402
     RunDir,
     append_event,
+    atomic_write_json,
     atomic_write_text,
     read_events,
     repair_log,
@@ -335,6 +336,9 @@ def start_search(exp: config_mod.Experiment, results: Path, run_id: str | None =
     with run_lock(run):
         atomic_write_text(run.experiment, exp.to_toml())
         atomic_write_text(run.space, space.text)
+        atomic_write_json(run.path / "run.json", {  # where the run came from, so resume can spot edits
+            "experiment_file": str(Path(exp.source).resolve()), "overrides": list(exp.overrides),
+            "cwd": str(Path.cwd()), "space_file": exp["search"]["space"], "created": time.time()})
         return _search(exp, space, run, results, resume=False, sink=sink, progress=progress)
 
 
@@ -344,15 +348,54 @@ def resume_search(run_path: Path, *, max_trials: int | None = None, time_budget:
     run = RunDir(Path(run_path)).check_exists()
     with run_lock(run):
         exp = config_mod.load_experiment(run.experiment, resolve_paths=False)
+        space = parse_space(run.space.read_text(), str(run.space))
+        refuse_changes(run, exp, space)
         if max_trials is not None:
             exp = exp.with_values("budget", "max_trials", max_trials)
         if time_budget is not None:
             exp = exp.with_values("budget", "time_budget", time_budget)
         atomic_write_text(run.experiment, exp.to_toml())
-        space = parse_space(run.space.read_text(), str(run.space))
         repair_log(run.trials_log)
         results = run.path.parent.parent
         return _search(exp, space, run, results, resume=True, sink=sink, progress=progress)
+
+
+BUDGET_KEYS = ("budget.max_trials", "budget.time_budget")
+
+
+def refuse_changes(run: RunDir, frozen: config_mod.Experiment, space: SearchSpace) -> None:
+    """Resuming after the experiment or the space was edited would mix trials of two searches (keras-tuner
+    #290, #461): compare the files the run came from with its frozen copies and refuse, showing the change.
+    Only the budget may grow."""
+    meta_path = run.path / "run.json"
+    if not meta_path.is_file():
+        return
+    meta = json.loads(meta_path.read_text())
+    problems = []
+    source = Path(meta["experiment_file"])
+    if source.is_file():
+        try:
+            now = config_mod.load_experiment(source, meta.get("overrides", []), base=meta.get("cwd"))
+            lines = config_mod.diff(frozen.values, now.values, ignore=BUDGET_KEYS)
+        except NasError as exc:
+            lines = [f"it no longer loads: {exc}"]
+        if lines:
+            problems.append(f"{source} changed since the run started:\n    " + "\n    ".join(lines))
+    space_file = Path(meta["space_file"])
+    if space_file.is_file():
+        try:
+            changed = load_space(space_file).fingerprint != space.fingerprint
+        except NasError:
+            changed = True
+        if changed:
+            import difflib
+
+            delta = difflib.unified_diff(space.text.splitlines(), space_file.read_text().splitlines(),
+                                         "search_space.yaml (frozen)", str(space_file), lineterm="", n=0)
+            problems.append(f"{space_file} changed since the run started:\n    " + "\n    ".join(delta))
+    if problems:
+        raise NasError(f"{run.path}: refusing to resume: " + "\n".join(problems)
+                       + "\nRestore the files, or start a new run with 'nas search'. Only --max-trials and --time-budget may change.")
 
 
 def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progress) -> RunDir:
