@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from nas import __version__
-from nas.errors import NasError, Stopped
+from nas.errors import NasError, Recycled, Stopped
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -56,14 +56,19 @@ def _trial_printer():
     def sink(ev: dict) -> None:
         kind = ev["event"]
         if kind == "search_started":
-            state["bar"] = tqdm(total=ev["max_trials"], desc="trials", unit="trial", file=sys.stderr, leave=False,
-                                disable=not sys.stderr.isatty(), bar_format="{desc} {n}/{total} |{bar}| {elapsed} {postfix}")
+            state["best"] = ev.get("best")
+            state["bar"] = tqdm(total=ev["max_trials"], initial=ev.get("done", 0), desc="trials", unit="trial",
+                                file=sys.stderr, leave=False, disable=not sys.stderr.isatty(),
+                                bar_format="{desc} {n}/{total} |{bar}| {elapsed} {postfix}")
             say(f"search: {ev['tuner']} over {ev['space']}, up to {ev['max_trials']} trials; "
                 f"{ev['train']} train / {ev['val']} val frames"
                 + (f"; {ev['skipped']} bad frames skipped" if ev["skipped"] else "")
                 + (" (resumed)" if ev["resumed"] else ""))
             parts = [f"{s} {b['n']} ({100 * b['positives'] / max(b['n'], 1):.0f}% positive)" for s, b in ev["balance"].items()]
             say(f"data: {', '.join(parts)}; {ev['decoded']} frames decoded, the rest from the cache")
+        elif kind == "trial_finished" and ev.get("feasible") is False:
+            say(f"trial {ev['trial_id']}: {ev['reason']} ({ev['params']} params); not trained")
+            advance()
         elif kind == "trial_finished":
             obj = ev["objective"]
             if state["best"] is None or obj > state["best"]:
@@ -114,9 +119,16 @@ def _toml_string(text: str) -> str:
 
 
 def cmd_search(args) -> int:
+    exp = _experiment(args)
+    if exp["search"]["recycle_every"]:
+        from nas.workers import supervised_search
+
+        run, code = supervised_search(exp, Path(args.results), args.run_id)
+        if code == 0:
+            print(f"run folder: {run.path}")
+        return code
     from nas.search import start_search
 
-    exp = _experiment(args)
     run = start_search(exp, Path(args.results), args.run_id, sink=_trial_printer(), progress=_progress("caching frames"))
     print(f"run folder: {run.path}")
     return 0
@@ -126,8 +138,10 @@ def cmd_resume(args) -> int:
     from nas.search import resume_search
 
     run = resume_search(Path(args.run), max_trials=args.max_trials, time_budget=args.time_budget,
-                        sink=_trial_printer(), progress=_progress("caching frames"))
-    print(f"run folder: {run.path}")
+                        sink=_trial_printer(), progress=_progress("caching frames"),
+                        worker_trials=args.worker_trials, deadline=args.deadline)
+    if not args.worker_trials:  # a worker's supervisor says it once at the end
+        print(f"run folder: {run.path}")
     return 0
 
 
@@ -203,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run")
     r.add_argument("--max-trials", type=int)
     r.add_argument("--time-budget", type=float)
+    r.add_argument("--worker-trials", type=int, help=argparse.SUPPRESS)  # set by the worker supervisor
+    r.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("export", help="export the best trial: SavedModel, model.keras, model card, trial log")
@@ -243,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     except NasError as exc:
         print(f"nas: error: {exc}", file=sys.stderr)
         return 2
+    except Recycled:
+        from nas.workers import RECYCLED_EXIT
+
+        return RECYCLED_EXIT
     except Stopped as exc:
         print(f"nas: {exc}", file=sys.stderr)
         return 130

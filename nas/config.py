@@ -106,6 +106,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key((int,), 1, None, "seed of the tuner and of model initialisation"),
         "batch_size": Key((int,), 32, _positive),
         "max_consecutive_failures": Key((int,), 3, _positive),
+        "recycle_every": Key((int,), 0, _nonneg, "run trials in worker processes replaced every K trials (TF leaks ~10 MB per fit); 0: in this process"),
         "hyperband_factor": Key((int,), 3, lambda v: None if v >= 2 else f"expected >= 2, got {v!r}"),
         "bayesian_initial_points": Key((int,), 2, _positive),
     },
@@ -121,6 +122,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "training": {
         "early_stopping_patience": Key((int,), 0, _nonneg, "epochs without improvement before a trial stops; 0 disables"),
         "class_weight": Key((str,), "auto", _one_of(("auto", "none"))),
+    },
+    "constraints": {
+        "max_params": Key((int,), 0, _nonneg, "trials with more parameters are infeasible and never win; 0: no limit"),
+        "max_latency_ms": Key(NUM, 0.0, _nonneg, "trials slower per frame at batch 1 are infeasible; 0: no limit"),
     },
     "augment": {
         "flips": Key((bool,), False, None, "random horizontal and vertical flips (label-preserving for HAADF frames)"),

@@ -14,3 +14,7 @@ class LockedRunError(NasError):
 
 class Stopped(Exception):
     """The user stopped a search (Ctrl-C, SIGTERM); everything up to the last epoch is saved."""
+
+
+class Recycled(Exception):
+    """A worker process ran its share of trials and exits so that a fresh one continues (flat memory)."""

@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,13 @@ def best_trial(run: RunDir, trial_id: str | None = None) -> dict[str, Any]:
         if trial_id not in trials:
             raise NasError(f"{run.path}: no trial {trial_id!r}; trials are {', '.join(sorted(trials)) or 'none'}")
         rec = trials[trial_id]
-        if rec["status"] != "finished":
-            raise NasError(f"{run.path}: trial {trial_id} is {rec['status']}, not finished; it has no model to export")
+        if rec["status"] != "finished" or not rec.get("feasible", True):
+            state = rec["status"] if rec["status"] != "finished" else "infeasible"
+            raise NasError(f"{run.path}: trial {trial_id} is {state}, not a finished feasible trial; it has no model to export")
         return rec
-    finished = [t for t in trials.values() if t["status"] == "finished"]
+    finished = [t for t in trials.values() if t["status"] == "finished" and t.get("feasible", True)]
     if not finished:
-        raise NasError(f"{run.path}: no finished trial to export yet; run or resume the search first")
+        raise NasError(f"{run.path}: no finished feasible trial to export yet; run or resume the search first")
     return min(finished, key=rank_key)
 
 
@@ -119,15 +121,35 @@ def export_run(run_path: str | Path, trial_id: str | None = None, out: str | Pat
         return _export(run, trial_id, Path(out) if out else run.export, refit)
 
 
-def _refit(values: dict[str, Any], exp: config_mod.Experiment, frames, labels, rows, epochs: int):
+def _architecture(exp: config_mod.Experiment, space: SearchSpace, trial: dict[str, Any], *, compiled: bool, frames=None):
+    """The trial's architecture, freshly initialised: our CNN families, or the AutoKeras graph it came from."""
+    import keras
+
+    size, floor = exp["data"]["image_size"], exp["objective"]["recall_floor"]
+    if exp["search"]["tuner"] == "autokeras":
+        import keras_tuner
+
+        from nas.automodel import AutoKerasHyperModel, adapt_preprocessing
+
+        hp = keras_tuner.HyperParameters()
+        hp.values.update(trial.get("hyperparameters", {}))
+        model = AutoKerasHyperModel(space, size, floor).build(hp)
+        if frames is not None:
+            adapt_preprocessing(model, frames)
+        return model
+    from nas.models import build_model, build_network
+
+    keras.backend.clear_session()
+    values = trial_values(space, trial.get("hyperparameters", {}))
+    return build_model(values, size, floor) if compiled else build_network(values, size)
+
+
+def _refit(exp: config_mod.Experiment, space: SearchSpace, trial: dict[str, Any], frames, labels, rows, epochs: int):
     """Train the architecture afresh on the given rows (train+val) for a fixed number of epochs."""
     import keras
 
-    from nas.models import build_model
-
-    keras.backend.clear_session()
     keras.utils.set_random_seed(exp["search"]["seed"] * 100_003 + 99_991)
-    model = build_model(values, exp["data"]["image_size"], exp["objective"]["recall_floor"])
+    model = _architecture(exp, space, trial, compiled=True, frames=frames[rows[:256]][..., None])
     ds = data_mod.make_dataset(frames, labels, rows, exp["search"]["batch_size"], shuffle=True, seed=exp["search"]["seed"])
     weights = data_mod.class_weights(labels[rows]) if exp["training"]["class_weight"] == "auto" else None
     model.fit(ds, epochs=epochs, class_weight=weights, verbose=0)
@@ -135,10 +157,7 @@ def _refit(values: dict[str, Any], exp: config_mod.Experiment, frames, labels, r
 
 
 def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False) -> Path:
-    import keras
     import tensorflow as tf
-
-    from nas.models import build_network
 
     exp = config_mod.load_experiment(run.experiment, resolve_paths=False)
     space = parse_space(run.space.read_text(), str(run.space))
@@ -156,10 +175,10 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False)
     split_arr = np.array([s for r, s in zip(records, splits, strict=True) if r.path in kept])
     labels = cached.labels
 
-    keras.backend.clear_session()
-    values = trial_values(space, trial.get("hyperparameters", {}))
-    model = build_network(values, size)
-    model.load_weights(weights)
+    model = _architecture(exp, space, trial, compiled=False)
+    with warnings.catch_warnings():  # a compiled AutoKeras model warns that optimizer state is not loaded: not needed
+        warnings.simplefilter("ignore", UserWarning)
+        model.load_weights(weights)  # the best epoch's weights (normalization statistics included)
 
     def probabilities(split: str) -> tuple[np.ndarray, np.ndarray]:
         rows = np.flatnonzero(split_arr == split)
@@ -174,7 +193,7 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False)
     if refit:
         epochs = int(trial.get("best_epoch") or trial.get("epochs_run") or exp["budget"]["epochs"])
         rows = np.flatnonzero((split_arr == "train") | (split_arr == "val"))
-        model = _refit(values, exp, cached.frames, labels, rows, epochs)
+        model = _refit(exp, space, trial, cached.frames, labels, rows, epochs)
         refit_info = {"on": "train+val", "epochs": epochs, "frames": int(len(rows)),
                       "note": "threshold chosen on val with the searched model, before refit"}
     y_test, p_test = probabilities("test")  # the one and only read of the test split
@@ -202,6 +221,7 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False)
             "hyperparameters": trial.get("hyperparameters", {}), "architecture": space.name,
             "params": trial.get("params"), "latency_ms_batch1": trial.get("latency_ms"),
             "threshold": op.threshold, "recall_floor": floor, "threshold_from": "val", "refit": refit_info,
+            "keras_file_needs": "autokeras (AutoKeras layers)" if exp["search"]["tuner"] == "autokeras" else "keras only",
             "input": {"image_size": size, "clip_percentiles": list(clip), "frames": "raw 2-D frames, any size, float32 or uint16"},
             "metrics": {"val": val, "test": test},
             "data": data_mod.balance(labels, split_arr),

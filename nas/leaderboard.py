@@ -18,10 +18,10 @@ from nas.runlog import RunDir, read_events, trial_records
 
 FORMATS = ("table", "csv", "json", "md")
 COLUMNS = (
-    "rank", "run", "trial_id", "status", "objective", "objective_ci95", "threshold", "recall", "tie_break", "pr_auc",
+    "rank", "run", "trial_id", "status", "feasible", "objective", "objective_ci95", "threshold", "recall", "tie_break", "pr_auc",
     "val_loss", "params", "latency_ms", "seconds", "epochs_run", "best_epoch", "reason",
 )
-STATUSES = ("finished", "failed", "interrupted", "running", "all")
+STATUSES = ("finished", "infeasible", "failed", "interrupted", "running", "all")
 
 
 def collect(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -35,6 +35,8 @@ def collect(runs: list[str | Path]) -> list[dict[str, Any]]:
         for rec in trial_records(read_events(run.trials_log)).values():
             row = {"run": label, **{k: rec.get(k) for k in COLUMNS if k not in ("rank", "run")}}
             row["feasible"] = rec.get("feasible", True)
+            if row["status"] == "finished" and not row["feasible"]:
+                row["status"] = "infeasible"
             for name, value in sorted((rec.get("hyperparameters") or {}).items()):
                 row[f"param_{name}"] = value
             rows.append(row)

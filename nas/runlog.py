@@ -19,7 +19,8 @@ from typing import Any
 
 from nas.errors import LockedRunError, NasError
 
-EVENTS = ("search_started", "trial_started", "epoch", "trial_finished", "trial_failed", "trial_interrupted", "search_ended", "data_skipped")
+EVENTS = ("search_started", "trial_started", "epoch", "trial_finished", "trial_failed", "trial_interrupted",
+          "search_ended", "data_skipped", "worker_recycled")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -108,6 +109,22 @@ class RunDir:
         return self
 
 
+def create_run(exp, space, results: Path, run_id: str | None) -> RunDir:
+    """A new run folder with the experiment and space frozen into it, and where they came from (run.json),
+    so a later resume can refuse edits to either."""
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
+    run = RunDir(Path(results) / exp.name / run_id)
+    if run.path.exists() and any(run.path.iterdir()):
+        raise NasError(f"{run.path}: run already exists; continue it with 'nas resume {run.path}' or pick another --run-id")
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.experiment, exp.to_toml())
+    atomic_write_text(run.space, space.text)
+    atomic_write_json(run.path / "run.json", {
+        "experiment_file": str(Path(exp.source).resolve()), "overrides": list(exp.overrides),
+        "cwd": str(Path.cwd()), "space_file": exp["search"]["space"], "created": time.time()})
+    return run
+
+
 def append_event(log: Path, event: str, **fields: Any) -> dict[str, Any]:
     """Append one event as a JSON line and fsync it: the log is the record of truth for trials."""
     if event not in EVENTS:
@@ -182,6 +199,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+LOCK_PARENT_ENV = "NAS_LOCK_HELD_BY"  # set by the supervisor for its worker processes
+
+
 @contextmanager
 def run_lock(run: RunDir) -> Iterator[None]:
     """Hold LOCK while writing a run; a lock left by a dead process on this host is taken over."""
@@ -195,6 +215,9 @@ def run_lock(run: RunDir) -> Iterator[None]:
             except (OSError, json.JSONDecodeError):
                 holder = {}
             pid, host = holder.get("pid"), holder.get("host")
+            if pid and str(pid) == os.environ.get(LOCK_PARENT_ENV) and host == me["host"] and _pid_alive(int(pid)):
+                yield  # a worker process of the supervisor that holds the lock: the lock stays the parent's
+                return
             if pid and host == me["host"] and not _pid_alive(int(pid)) or not pid:
                 run.lock.unlink(missing_ok=True)  # stale: its writer is gone
                 continue

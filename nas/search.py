@@ -8,7 +8,10 @@ test split.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging as tf_logging
 import math
 import os
 import time
@@ -28,15 +31,16 @@ from keras_tuner.src.engine import base_tuner  # noqa: E402
 from nas import config as config_mod  # noqa: E402
 from nas import data as data_mod  # noqa: E402
 from nas import stopping  # noqa: E402
+from nas.automodel import AutoKerasHyperModel, adapt_preprocessing  # noqa: E402
 from nas.checkpoint import ResumableEarlyStopping, TrialProgress, clear_checkpoint, load_checkpoint  # noqa: E402
-from nas.errors import NasError, Stopped  # noqa: E402
+from nas.errors import NasError, Recycled, Stopped  # noqa: E402
 from nas.models import PR_AUC_METRIC, SpaceHyperModel, build_model  # noqa: E402
 from nas.objective import objective_interval, oracle_score, precision_at_recall, tie_break_value  # noqa: E402
 from nas.runlog import (  # noqa: E402
     RunDir,
     append_event,
-    atomic_write_json,
     atomic_write_text,
+    create_run,
     read_events,
     repair_log,
     run_lock,
@@ -53,6 +57,10 @@ class BudgetExhausted(keras_tuner.errors.FatalError):
     """The time budget ran out; the in-flight trial stays open in the oracle so resume continues it."""
 
 
+class RecycleWorker(keras_tuner.errors.FatalError):
+    """This worker process ran its share of trials; a fresh process continues the search."""
+
+
 class SearchStopped(keras_tuner.errors.FatalError):
     """Ctrl-C or SIGTERM: the current epoch was finished and checkpointed; resume continues from it."""
 
@@ -65,6 +73,7 @@ def _atomic_save_json(path, obj) -> str:
 
 
 kt_utils.save_json = _atomic_save_json  # every KerasTuner state file goes through this function
+tf_logging.getLogger("tensorflow").setLevel(tf_logging.ERROR)  # retracing notices are not for the user
 
 
 @dataclass
@@ -77,6 +86,17 @@ class TrialData:
     val_rows: np.ndarray
     class_weight: dict[int, float] | None
     augment: dict[str, Any] | None = None
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now (Linux /proc; peak RSS elsewhere), for the per-trial record."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def measure_latency_ms(model: keras.Model, image_size: int, repeats: int = 20) -> float:
@@ -104,8 +124,9 @@ class NasTuner(base_tuner.BaseTuner):
     """A KerasTuner tuner whose trials report the exact validation precision at the recall floor."""
 
     def __init__(self, oracle, hypermodel: SpaceHyperModel, run: RunDir, exp: config_mod.Experiment,
-                 data: TrialData, emit: Callable[..., None], deadline: float | None):
+                 data: TrialData, emit: Callable[..., None], deadline: float | None, stop_after: int | None = None):
         self.run, self.exp, self.data, self.emit, self.deadline = run, exp, data, emit, deadline
+        self.stop_after, self.trials_run = stop_after, 0
         # trials our log already calls finished: if the tuner re-runs one (a kill between our log line and
         # its own state file), report the logged score instead of training it again
         self.logged = {t: r for t, r in trial_records(read_events(run.trials_log)).items() if r["status"] == "finished"}
@@ -116,6 +137,12 @@ class NasTuner(base_tuner.BaseTuner):
             raise BudgetExhausted("time budget reached")
         if stopping.requested():
             raise SearchStopped(f"stopped by {stopping.requested()}")
+        if self.stop_after and self.trials_run >= self.stop_after and self.oracle.remaining_trials() != 0:
+            raise RecycleWorker(f"{self.trials_run} trials run in this worker process")
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        self.trials_run += 1
 
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         exp = self.exp
@@ -124,13 +151,12 @@ class NasTuner(base_tuner.BaseTuner):
         keras.backend.clear_session()
         keras.utils.set_random_seed(exp["search"]["seed"] * 100_003 + int(tid))
         values = self.hypermodel.space.resolve(hp)
-        searched = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+        searched = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}  # AutoKeras adds its own
         fidelity = {k[len("tuner/"):]: v for k, v in hp.values.items() if k.startswith("tuner/")}
         epochs = int(fidelity.get("epochs", exp["budget"]["epochs"]))
         initial_epoch = int(fidelity.get("initial_epoch", 0))
         if tid in self.logged:
-            rec = self.logged[tid]
-            return {"score": oracle_score(rec["objective"], rec["tie_break"])}
+            return {"score": _score(self.logged[tid])}
         tdir = self.run.trial_dir(tid)
         tdir.mkdir(parents=True, exist_ok=True)
         ckpt = load_checkpoint(tdir)
@@ -142,10 +168,14 @@ class NasTuner(base_tuner.BaseTuner):
                 model = keras.saving.load_model(tdir / ckpt["model"])
                 initial_epoch = ckpt["epoch"]
             else:
-                model = build_model(values, self.hypermodel.image_size, self.hypermodel.recall_floor)
+                model = self._build(hp, values)
                 if "trial_id" in fidelity:  # Hyperband: continue from the earlier round's best weights
                     model.load_weights(self.run.trial_dir(fidelity["trial_id"]) / "best.weights.h5")
-            outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch, ckpt)
+            infeasible = self._over_limits(model)
+            if infeasible:
+                outcome = infeasible
+            else:
+                outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch, ckpt)
         except (BudgetExhausted, SearchStopped) as exc:
             self.emit("trial_interrupted", trial_id=tid, reason=f"{exc} during the trial; its last epoch is checkpointed")
             raise
@@ -153,11 +183,39 @@ class NasTuner(base_tuner.BaseTuner):
             reason = f"{type(exc).__name__}: {exc}".strip()[:2000]
             self.emit("trial_failed", trial_id=tid, reason=reason, seconds=round(time.perf_counter() - t0, 3))
             raise keras_tuner.errors.FailedTrialError(reason) from exc
-        outcome.update(trial_id=tid, hyperparameters=searched, fidelity=fidelity, seconds=round(time.perf_counter() - t0, 3))
+        outcome.update(trial_id=tid, hyperparameters=searched, fidelity=fidelity, seconds=round(time.perf_counter() - t0, 3),
+                       rss_mb=current_rss_mb(), pid=os.getpid())
         self.emit("trial_finished", **outcome)
         self.logged[tid] = outcome
         clear_checkpoint(tdir)
-        return {"score": oracle_score(outcome["objective"], outcome["tie_break"])}
+        return {"score": _score(outcome)}
+
+    def _build(self, hp, values: dict[str, Any]) -> keras.Model:
+        if isinstance(self.hypermodel, AutoKerasHyperModel):
+            model = self.hypermodel.build(hp)
+            sample = self.data.frames[self.data.train_rows[:256]][..., None]
+            adapt_preprocessing(model, sample)
+            return model
+        return build_model(values, self.hypermodel.image_size, self.hypermodel.recall_floor)
+
+    def _over_limits(self, model: keras.Model) -> dict[str, Any] | None:
+        """Check the constraints before training: an architecture over a limit is infeasible whatever it
+        would learn, so it is recorded (with why) without spending training time on it."""
+        limits = self.exp["constraints"]
+        if not (limits["max_params"] or limits["max_latency_ms"]):
+            return None
+        params = int(model.count_params())
+        latency = measure_latency_ms(model, self.data.frames.shape[1]) if limits["max_latency_ms"] else None
+        reasons = []
+        if limits["max_params"] and params > limits["max_params"]:
+            reasons.append(f"{params} parameters > max_params {limits['max_params']}")
+        if latency is not None and latency > limits["max_latency_ms"]:
+            reasons.append(f"{latency:.2f} ms/frame > max_latency_ms {limits['max_latency_ms']:g}")
+        if not reasons:
+            return None
+        return {"objective": 0.0, "tie_break": 0.0, "feasible": False, "reason": "infeasible: " + "; ".join(reasons),
+                "params": params, "latency_ms": latency, "epochs_run": 0, "threshold": None, "recall": None,
+                "pr_auc": None, "split": "val"}
 
     def _fit_and_score(self, model: keras.Model, values: dict[str, Any], tid: str, epochs: int, initial_epoch: int,
                        ckpt: dict[str, Any] | None) -> dict[str, Any]:
@@ -207,14 +265,14 @@ class NasTuner(base_tuner.BaseTuner):
         latency = measure_latency_ms(model, data.frames.shape[1])
         tie_name = exp["objective"]["tie_break"]
         tie = tie_break_value(tie_name, y_val, prob, params=params, latency_ms=latency)
-        _write_hparams(board, tid, self.hypermodel.space.resolve_for_log(values), op.precision, tie, params, latency)
+        _write_hparams(board, tid, SearchSpace.resolve_for_log(values), op.precision, tie, params, latency)
         return {
             "objective": op.precision, "objective_ci95": objective_interval(y_val, prob, floor, seed=int(tid)),
             "recall": op.recall, "threshold": op.threshold, "reason": op.reason,
             "tie_break": tie, "tie_break_name": tie_name, "pr_auc": tie_break_value("pr_auc", y_val, prob),
             "val_loss": _at_epoch(history.history.get("val_loss", []), log.best_epoch - initial_epoch - 1),
             "params": params, "latency_ms": round(latency, 4), "epochs_run": epochs_run,
-            "best_epoch": log.best_epoch, "fit_seconds": round(fit_seconds, 3), "split": "val",
+            "best_epoch": log.best_epoch, "fit_seconds": round(fit_seconds, 3), "split": "val", "feasible": True,
         }
 
     def save_model(self, trial_id, model, step=0):
@@ -225,6 +283,12 @@ class NasTuner(base_tuner.BaseTuner):
         model = hm.build(trial.hyperparameters)
         model.load_weights(self.run.trial_dir(trial.trial_id) / "best.weights.h5")
         return model
+
+
+def _score(outcome: dict[str, Any]) -> float:
+    """What the oracle maximizes: the objective with its tie-break; infeasible trials below every feasible one."""
+    value = oracle_score(outcome["objective"], outcome["tie_break"])
+    return value if outcome.get("feasible", True) else value - 2.0
 
 
 def _write_hparams(folder: Path, trial_id: str, values: dict[str, Any], objective: float, tie: float,
@@ -241,6 +305,19 @@ def _write_hparams(folder: Path, trial_id: str, values: dict[str, Any], objectiv
 
 def _at_epoch(values: list[float], index: int) -> float | None:
     return float(values[index]) if 0 <= index < len(values) else None
+
+
+def make_hypermodel(exp: config_mod.Experiment, space: SearchSpace, n_train: int = 0):
+    """The space as a KerasTuner HyperModel: our CNN families, or an AutoKeras graph for tuner autokeras."""
+    size, floor, tuner = exp["data"]["image_size"], exp["objective"]["recall_floor"], exp["search"]["tuner"]
+    if tuner == "autokeras":
+        if "autokeras" not in space.sections:
+            raise NasError(f"{space.source}: search.tuner = autokeras needs an autokeras: section in the space")
+        return AutoKerasHyperModel(space, size, floor, n_train, exp["search"]["batch_size"], exp["budget"]["epochs"])
+    if "blocks" not in space.sections:
+        raise NasError(f"{space.source}: search.tuner = {tuner} needs a blocks: section in the space "
+                       "(a space with only autokeras: is for tuner autokeras)")
+    return SpaceHyperModel(space, size, floor)
 
 
 def make_oracle(exp: config_mod.Experiment, space: SearchSpace):
@@ -260,7 +337,14 @@ def make_oracle(exp: config_mod.Experiment, space: SearchSpace):
                                                      hyperband_iterations=b["max_trials"], **common)
         oracle.max_trials = b["max_trials"]
         return oracle
-    raise NasError(f"search.tuner = {tuner!r} is not available yet in this version; use random, bayesian or hyperband")
+    if tuner == "autokeras":  # AutoKeras's own default search algorithm, over the AutoKeras graph
+        from autokeras.tuners.greedy import GreedyOracle
+
+        common.pop("max_consecutive_failed_trials")
+        oracle = GreedyOracle(max_trials=b["max_trials"], **common)
+        oracle.max_consecutive_failed_trials = s["max_consecutive_failures"]
+        return oracle
+    raise NasError(f"search.tuner = {tuner!r}: unknown tuner")
 
 
 def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, resume: bool,
@@ -318,32 +402,19 @@ def _event_writer(run: RunDir, sink: EventSink | None) -> Callable[..., None]:
     return emit
 
 
-def new_run_dir(exp: config_mod.Experiment, results: Path, run_id: str | None) -> RunDir:
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
-    run = RunDir(results / exp.name / run_id)
-    if run.path.exists() and any(run.path.iterdir()):
-        raise NasError(f"{run.path}: run already exists; continue it with 'nas resume {run.path}' or pick another --run-id")
-    run.path.mkdir(parents=True, exist_ok=True)
-    return run
-
-
 def start_search(exp: config_mod.Experiment, results: Path, run_id: str | None = None, *,
                  sink: EventSink | None = None, progress: Callable[[int, int], None] | None = None) -> RunDir:
     """Create a run folder, freeze the config and space into it, and search until the budget ends."""
     space = load_space(exp["search"]["space"])
-    make_oracle(exp, space)  # refuse an unavailable tuner before any work
-    run = new_run_dir(exp, results, run_id)
+    make_hypermodel(exp, space)  # refuse a space that does not fit the tuner before any work
+    run = create_run(exp, space, results, run_id)
     with run_lock(run):
-        atomic_write_text(run.experiment, exp.to_toml())
-        atomic_write_text(run.space, space.text)
-        atomic_write_json(run.path / "run.json", {  # where the run came from, so resume can spot edits
-            "experiment_file": str(Path(exp.source).resolve()), "overrides": list(exp.overrides),
-            "cwd": str(Path.cwd()), "space_file": exp["search"]["space"], "created": time.time()})
         return _search(exp, space, run, results, resume=False, sink=sink, progress=progress)
 
 
 def resume_search(run_path: Path, *, max_trials: int | None = None, time_budget: float | None = None,
-                  sink: EventSink | None = None, progress: Callable[[int, int], None] | None = None) -> RunDir:
+                  sink: EventSink | None = None, progress: Callable[[int, int], None] | None = None,
+                  worker_trials: int | None = None, deadline: float | None = None) -> RunDir:
     """Continue a run from its frozen config and space; only the budget may be extended."""
     run = RunDir(Path(run_path)).check_exists()
     with run_lock(run):
@@ -357,7 +428,8 @@ def resume_search(run_path: Path, *, max_trials: int | None = None, time_budget:
         atomic_write_text(run.experiment, exp.to_toml())
         repair_log(run.trials_log)
         results = run.path.parent.parent
-        return _search(exp, space, run, results, resume=True, sink=sink, progress=progress)
+        return _search(exp, space, run, results, resume=True, sink=sink, progress=progress,
+                       worker_trials=worker_trials, deadline=deadline)
 
 
 BUDGET_KEYS = ("budget.max_trials", "budget.time_budget")
@@ -398,21 +470,26 @@ def refuse_changes(run: RunDir, frozen: config_mod.Experiment, space: SearchSpac
                        + "\nRestore the files, or start a new run with 'nas search'. Only --max-trials and --time-budget may change.")
 
 
-def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progress) -> RunDir:
+def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progress,
+            worker_trials: int | None = None, deadline: float | None = None) -> RunDir:
     emit = _event_writer(run, sink)
-    data, cached, balance = prepare_data(exp, run, results / CACHE_FOLDER, resume=resume and run.split.is_file(),
-                                         progress=progress)
+    resume = resume and run.split.is_file()  # a supervisor's first worker starts the run
+    data, cached, balance = prepare_data(exp, run, results / CACHE_FOLDER, resume=resume, progress=progress)
     for path, reason in cached.skipped:
         emit("data_skipped", path=path, reason=reason)
     budget = exp["budget"]["time_budget"]
-    deadline = time.time() + budget if budget else None
-    emit("search_started", resumed=resume, tuner=exp["search"]["tuner"], space=space.name,
+    if deadline is None:
+        deadline = time.time() + budget if budget else None
+    logged = [t for t in trial_records(read_events(run.trials_log)).values() if t["status"] == "finished"]
+    best = max((t["objective"] for t in logged if t.get("feasible", True)), default=None)
+    emit("search_started", resumed=resume, tuner=exp["search"]["tuner"], space=space.name, done=len(logged), best=best,
          max_trials=exp["budget"]["max_trials"], time_budget=budget,
          train=int(len(data.train_rows)), val=int(len(data.val_rows)), skipped=len(cached.skipped),
          balance=balance, cache=str(cached.directory), decoded=cached.rebuilt)
     oracle = make_oracle(exp, space)
-    hypermodel = SpaceHyperModel(space, exp["data"]["image_size"], exp["objective"]["recall_floor"])
-    tuner = NasTuner(oracle, hypermodel, run, exp, data, emit, deadline)
+    hypermodel = make_hypermodel(exp, space, n_train=len(data.train_rows))
+    with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
+        tuner = NasTuner(oracle, hypermodel, run, exp, data, emit, deadline, stop_after=worker_trials)
     oracle.verbose = 0
     if hasattr(oracle, "max_trials"):
         oracle.max_trials = exp["budget"]["max_trials"]
@@ -422,6 +499,9 @@ def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progr
             tuner.search()
     except BudgetExhausted:
         reason = "time budget reached"
+    except RecycleWorker as exc:
+        emit("worker_recycled", reason=str(exc))
+        raise Recycled(str(exc)) from None
     except SearchStopped as exc:
         emit("search_ended", reason=str(exc))
         raise Stopped(f"{exc}: the last finished epoch is checkpointed; continue with 'nas resume {run.path}'") from None
