@@ -15,6 +15,7 @@ import logging as tf_logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ def _atomic_save_json(path, obj) -> str:
 
 kt_utils.save_json = _atomic_save_json  # every KerasTuner state file goes through this function
 tf_logging.getLogger("tensorflow").setLevel(tf_logging.ERROR)  # retracing notices are not for the user
+warnings.filterwarnings("ignore", module="sklearn.gaussian_process")  # the Bayesian oracle's GP fit chatter
 
 
 @dataclass
