@@ -118,9 +118,26 @@ def _toml_string(text: str) -> str:
     return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _chief_address(args) -> tuple[str, int] | None:
+    """Where the oracle listens, if this process is a chief: loopback unless --allow-remote says otherwise."""
+    if not (args.chief or args.workers or args.bind):
+        return None
+    from nas.distributed import free_port, is_loopback, parse_address
+
+    host, port = parse_address(args.bind) if args.bind else ("127.0.0.1", 0)
+    if not is_loopback(host):
+        if not args.allow_remote:
+            raise NasError(f"--bind {args.bind}: not a loopback address; the oracle has no authentication, so "
+                           "listening beyond this machine needs --allow-remote")
+        print(f"nas: warning: the oracle listens on {host}:{port} without authentication; anyone who can reach it "
+              "can read and steer this search. Use a private network.", file=sys.stderr)
+    return host, port or free_port(host)
+
+
 def cmd_search(args) -> int:
     exp = _experiment(args)
-    if exp["search"]["recycle_every"]:
+    chief = _chief_address(args)
+    if exp["search"]["recycle_every"] and not chief:
         from nas.workers import supervised_search
 
         run, code = supervised_search(exp, Path(args.results), args.run_id)
@@ -129,7 +146,10 @@ def cmd_search(args) -> int:
         return code
     from nas.search import start_search
 
-    run = start_search(exp, Path(args.results), args.run_id, sink=_trial_printer(), progress=_progress("caching frames"))
+    if chief:
+        print(f"chief: oracle on {chief[0]}:{chief[1]}; join with 'nas worker RUN' (RUN = the run folder below)", flush=True)
+    run = start_search(exp, Path(args.results), args.run_id, sink=_trial_printer(), progress=_progress("caching frames"),
+                       chief=chief, workers=args.workers or 0)
     print(f"run folder: {run.path}")
     return 0
 
@@ -139,9 +159,20 @@ def cmd_resume(args) -> int:
 
     run = resume_search(Path(args.run), max_trials=args.max_trials, time_budget=args.time_budget,
                         sink=_trial_printer(), progress=_progress("caching frames"),
-                        worker_trials=args.worker_trials, deadline=args.deadline)
+                        worker_trials=args.worker_trials, deadline=args.deadline,
+                        chief=_chief_address(args), workers=args.workers or 0)
     if not args.worker_trials:  # a worker's supervisor says it once at the end
         print(f"run folder: {run.path}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from nas.distributed import parse_address
+    from nas.search import worker_search
+
+    chief = parse_address(args.chief) if args.chief else None
+    run = worker_search(Path(args.run), chief, args.tuner_id, sink=_trial_printer())
+    print(f"worker done: {run.path}")
     return 0
 
 
@@ -200,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--groups", type=int, default=8, help="chips/sessions; splits never mix them (default 8)")
     d.set_defaults(func=cmd_demo_data)
 
+    def distributed_args(sp):
+        sp.add_argument("--chief", action="store_true", help="serve the oracle for workers ('nas worker RUN')")
+        sp.add_argument("--bind", metavar="HOST:PORT", help="where the oracle listens (default 127.0.0.1, a free port)")
+        sp.add_argument("--allow-remote", action="store_true", help="allow --bind beyond loopback (the oracle is unauthenticated)")
+        sp.add_argument("--workers", type=int, help="start N local workers and serve them as chief")
+
     def experiment_args(sp):
         sp.add_argument("experiment", help="experiment TOML file")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. --set objective.recall_floor=0.95 (repeatable)")
@@ -211,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-trials", type=int)
     s.add_argument("--time-budget", type=float, help="seconds; the search ends cleanly when it runs out")
     s.add_argument("--results", default="results", help="results folder (default results/)")
+    distributed_args(s)
     s.set_defaults(func=cmd_search)
 
     r = sub.add_parser("resume", help="continue an interrupted or finished search, optionally with a larger budget")
@@ -219,7 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-budget", type=float)
     r.add_argument("--worker-trials", type=int, help=argparse.SUPPRESS)  # set by the worker supervisor
     r.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    distributed_args(r)
     r.set_defaults(func=cmd_resume)
+
+    w = sub.add_parser("worker", help="join a distributed search: ask its chief for trials and run them")
+    w.add_argument("run", help="the run folder (shared with the chief)")
+    w.add_argument("--chief", help="HOST:PORT of the chief (default: read from RUN/chief.json)")
+    w.add_argument("--tuner-id", help="this worker's name; restart a dead worker under its name to continue its trial")
+    w.set_defaults(func=cmd_worker)
 
     e = sub.add_parser("export", help="export the best trial: SavedModel, model.keras, model card, trial log")
     e.add_argument("run")

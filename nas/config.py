@@ -106,6 +106,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key((int,), 1, None, "seed of the tuner and of model initialisation"),
         "batch_size": Key((int,), 32, _positive),
         "max_consecutive_failures": Key((int,), 3, _positive),
+        "distribution": Key((str,), "none", _one_of(("none", "mirrored")), "mirrored: each trial on all local GPUs with tf.distribute.MirroredStrategy"),
         "recycle_every": Key((int,), 0, _nonneg, "run trials in worker processes replaced every K trials (TF leaks ~10 MB per fit); 0: in this process"),
         "hyperband_factor": Key((int,), 3, lambda v: None if v >= 2 else f"expected >= 2, got {v!r}"),
         "bayesian_initial_points": Key((int,), 2, _positive),

@@ -20,7 +20,7 @@ from typing import Any
 from nas.errors import LockedRunError, NasError
 
 EVENTS = ("search_started", "trial_started", "epoch", "trial_finished", "trial_failed", "trial_interrupted",
-          "search_ended", "data_skipped", "worker_recycled")
+          "search_ended", "data_skipped", "worker_recycled", "worker_lost")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -130,11 +130,13 @@ def append_event(log: Path, event: str, **fields: Any) -> dict[str, Any]:
     if event not in EVENTS:
         raise ValueError(f"unknown event {event!r}")
     record = {"event": event, "time": round(time.time(), 3), **fields}
-    line = json.dumps(record, default=_jsonable, sort_keys=False) + "\n"
-    with open(log, "a") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    line = (json.dumps(record, default=_jsonable, sort_keys=False) + "\n").encode()
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write() of the whole line with O_APPEND: lines of several worker processes never interleave
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return record
 
 

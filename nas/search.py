@@ -131,7 +131,7 @@ class NasTuner(base_tuner.BaseTuner):
         self.stop_after, self.trials_run = stop_after, 0
         # trials our log already calls finished: if the tuner re-runs one (a kill between our log line and
         # its own state file), report the logged score instead of training it again
-        self.logged = {t: r for t, r in trial_records(read_events(run.trials_log)).items() if r["status"] == "finished"}
+        self.logged = _finished_in_log(run)
         super().__init__(oracle, hypermodel, directory=str(run.tuner), project_name="search", overwrite=False)
 
     def pre_create_trial(self):
@@ -157,27 +157,29 @@ class NasTuner(base_tuner.BaseTuner):
         fidelity = {k[len("tuner/"):]: v for k, v in hp.values.items() if k.startswith("tuner/")}
         epochs = int(fidelity.get("epochs", exp["budget"]["epochs"]))
         initial_epoch = int(fidelity.get("initial_epoch", 0))
+        self.logged.update(_finished_in_log(self.run))  # other workers write this log too
         if tid in self.logged:
             return {"score": _score(self.logged[tid])}
         tdir = self.run.trial_dir(tid)
         tdir.mkdir(parents=True, exist_ok=True)
         ckpt = load_checkpoint(tdir)
         self.emit("trial_started", trial_id=tid, hyperparameters=searched, fidelity=fidelity, epochs=epochs,
-                  resumed_from_epoch=ckpt["epoch"] if ckpt else 0)
+                  resumed_from_epoch=ckpt["epoch"] if ckpt else 0, pid=os.getpid(), tuner_id=self.tuner_id)
         t0 = time.perf_counter()
         try:
-            if ckpt:  # continue the interrupted trial: weights, optimizer state, callback state
-                model = keras.saving.load_model(tdir / ckpt["model"])
-                initial_epoch = ckpt["epoch"]
-            else:
-                model = self._build(hp, values)
-                if "trial_id" in fidelity:  # Hyperband: continue from the earlier round's best weights
-                    model.load_weights(self.run.trial_dir(fidelity["trial_id"]) / "best.weights.h5")
-            infeasible = self._over_limits(model)
-            if infeasible:
-                outcome = infeasible
-            else:
-                outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch, ckpt)
+            with _strategy_scope(exp["search"]["distribution"]):
+                if ckpt:  # continue the interrupted trial: weights, optimizer state, callback state
+                    model = keras.saving.load_model(tdir / ckpt["model"])
+                    initial_epoch = ckpt["epoch"]
+                else:
+                    model = self._build(hp, values)
+                    if "trial_id" in fidelity:  # Hyperband: continue from the earlier round's best weights
+                        model.load_weights(self.run.trial_dir(fidelity["trial_id"]) / "best.weights.h5")
+                infeasible = self._over_limits(model)
+                if infeasible:
+                    outcome = infeasible
+                else:
+                    outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch, ckpt)
         except (BudgetExhausted, SearchStopped) as exc:
             self.emit("trial_interrupted", trial_id=tid, reason=f"{exc} during the trial; its last epoch is checkpointed")
             raise
@@ -285,6 +287,19 @@ class NasTuner(base_tuner.BaseTuner):
         model = hm.build(trial.hyperparameters)
         model.load_weights(self.run.trial_dir(trial.trial_id) / "best.weights.h5")
         return model
+
+
+def _strategy_scope(kind: str):
+    """search.distribution = "mirrored": one trial on every local GPU (one CPU device here)."""
+    if kind == "mirrored":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
+
+
+def _finished_in_log(run: RunDir) -> dict[str, dict[str, Any]]:
+    return {t: r for t, r in trial_records(read_events(run.trials_log)).items() if r["status"] == "finished"}
 
 
 def _score(outcome: dict[str, Any]) -> float:
@@ -405,18 +420,20 @@ def _event_writer(run: RunDir, sink: EventSink | None) -> Callable[..., None]:
 
 
 def start_search(exp: config_mod.Experiment, results: Path, run_id: str | None = None, *,
-                 sink: EventSink | None = None, progress: Callable[[int, int], None] | None = None) -> RunDir:
+                 sink: EventSink | None = None, progress: Callable[[int, int], None] | None = None,
+                 chief: tuple[str, int] | None = None, workers: int = 0) -> RunDir:
     """Create a run folder, freeze the config and space into it, and search until the budget ends."""
     space = load_space(exp["search"]["space"])
     make_hypermodel(exp, space)  # refuse a space that does not fit the tuner before any work
     run = create_run(exp, space, results, run_id)
     with run_lock(run):
-        return _search(exp, space, run, results, resume=False, sink=sink, progress=progress)
+        return _search(exp, space, run, results, resume=False, sink=sink, progress=progress, chief=chief, workers=workers)
 
 
 def resume_search(run_path: Path, *, max_trials: int | None = None, time_budget: float | None = None,
                   sink: EventSink | None = None, progress: Callable[[int, int], None] | None = None,
-                  worker_trials: int | None = None, deadline: float | None = None) -> RunDir:
+                  worker_trials: int | None = None, deadline: float | None = None,
+                  chief: tuple[str, int] | None = None, workers: int = 0) -> RunDir:
     """Continue a run from its frozen config and space; only the budget may be extended."""
     run = RunDir(Path(run_path)).check_exists()
     with run_lock(run):
@@ -431,7 +448,62 @@ def resume_search(run_path: Path, *, max_trials: int | None = None, time_budget:
         repair_log(run.trials_log)
         results = run.path.parent.parent
         return _search(exp, space, run, results, resume=True, sink=sink, progress=progress,
-                       worker_trials=worker_trials, deadline=deadline)
+                       worker_trials=worker_trials, deadline=deadline, chief=chief, workers=workers)
+
+
+def _serve_as_chief(oracle, hypermodel, run: RunDir, exp, data: TrialData, emit, deadline, address, workers: int,
+                    resume: bool) -> RunDir:
+    """Hold the oracle for workers (ours on this machine, and any that join with `nas worker`)."""
+    from nas import distributed
+
+    host, port = address
+    with distributed.tuner_environment("chief", host, port), contextlib.redirect_stdout(io.StringIO()):
+        tuner = NasTuner(oracle, hypermodel, run, exp, data, emit, deadline)
+    if resume:
+        for trial_id in distributed.requeue_stale(tuner.oracle):
+            emit("trial_interrupted", trial_id=trial_id, reason="its worker is gone; re-queued")
+    tuner.save()
+    distributed.write_chief_file(run, host, port, deadline)
+    local = distributed.LocalWorkers(run, f"{host}:{port}") if workers else None
+    for _ in range(workers):
+        local.start()
+
+    def lost(tuner_id: str, code: int, trial_id: str | None) -> None:
+        emit("worker_lost", tuner_id=tuner_id, exit_code=code, trial_id=trial_id,
+             reason="worker died" + (f"; trial {trial_id} re-queued, it continues from its last checkpoint" if trial_id else ""))
+
+    distributed.serve(tuner.oracle, host, port, local, on_requeue=lost)
+    (run.path / distributed.CHIEF_FILE).unlink(missing_ok=True)
+    emit("search_ended", reason="budget of trials reached")
+    return run
+
+
+def worker_search(run_path: Path, chief: tuple[str, int] | None = None, tuner_id: str | None = None,
+                  sink: EventSink | None = None) -> RunDir:
+    """Join a chief's search: ask it for trials, train them, write events into the shared run folder.
+    A worker restarted with the same tuner id continues the trial it was running."""
+    from nas import distributed
+
+    run = RunDir(Path(run_path)).check_exists()
+    info = distributed.read_chief_file(run) if chief is None else {"host": chief[0], "port": chief[1], "deadline": None}
+    if chief is None:
+        chief = (info["host"], info["port"])
+    exp = config_mod.load_experiment(run.experiment, resolve_paths=False)
+    space = parse_space(run.space.read_text(), str(run.space))
+    emit = _event_writer(run, sink)
+    data, _, _ = prepare_data(exp, run, run.path.parent.parent / CACHE_FOLDER, resume=True)
+    oracle = make_oracle(exp, space)
+    oracle.verbose = 0
+    hypermodel = make_hypermodel(exp, space, n_train=len(data.train_rows))
+    with distributed.tuner_environment(tuner_id or distributed.worker_id(), *chief):
+        with contextlib.redirect_stdout(io.StringIO()):
+            tuner = NasTuner(oracle, hypermodel, run, exp, data, emit, info.get("deadline"))
+        try:
+            with stopping.graceful_stop():
+                tuner.search()
+        except (BudgetExhausted, SearchStopped):
+            pass
+    return run
 
 
 BUDGET_KEYS = ("budget.max_trials", "budget.time_budget")
@@ -473,7 +545,8 @@ def refuse_changes(run: RunDir, frozen: config_mod.Experiment, space: SearchSpac
 
 
 def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progress,
-            worker_trials: int | None = None, deadline: float | None = None) -> RunDir:
+            worker_trials: int | None = None, deadline: float | None = None,
+            chief: tuple[str, int] | None = None, workers: int = 0) -> RunDir:
     emit = _event_writer(run, sink)
     resume = resume and run.split.is_file()  # a supervisor's first worker starts the run
     data, cached, balance = prepare_data(exp, run, results / CACHE_FOLDER, resume=resume, progress=progress)
@@ -489,10 +562,12 @@ def _search(exp, space, run: RunDir, results: Path, *, resume: bool, sink, progr
          train=int(len(data.train_rows)), val=int(len(data.val_rows)), skipped=len(cached.skipped),
          balance=balance, cache=str(cached.directory), decoded=cached.rebuilt)
     oracle = make_oracle(exp, space)
+    oracle.verbose = 0
     hypermodel = make_hypermodel(exp, space, n_train=len(data.train_rows))
+    if chief:
+        return _serve_as_chief(oracle, hypermodel, run, exp, data, emit, deadline, chief, workers, resume)
     with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
         tuner = NasTuner(oracle, hypermodel, run, exp, data, emit, deadline, stop_after=worker_trials)
-    oracle.verbose = 0
     if hasattr(oracle, "max_trials"):
         oracle.max_trials = exp["budget"]["max_trials"]
     reason = "budget of trials reached"
