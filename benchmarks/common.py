@@ -26,20 +26,26 @@ def nas(*args) -> str:
     return out.getvalue()
 
 
+def experiment(path: Path, data: Path, *, image_size: int = 64, space: str | Path = "small_cnn.yaml",
+               batch_size: int = 32, **sections) -> Path:
+    """A benchmark experiment file: random tuner over a space (a name in search_spaces/ or a path)."""
+    space_path = Path(space) if Path(space).is_absolute() else REPO / "search_spaces" / space
+    values = {"experiment": {"name": "bench"}, "data": {"path": str(data), "image_size": image_size},
+              "search": {"space": str(space_path), "tuner": "random", "batch_size": batch_size}}
+    for section, table in sections.items():
+        values.setdefault(section, {}).update(table)
+    path.write_text(tomli_w.dumps(values))
+    return path
+
+
 def small_run(work: Path, *, n: int = 120, size: int = 64, image_size: int = 32, trials: int = 1, epochs: int = 2,
               space: str = "small_cnn.yaml", export: bool = True) -> Path:
     """Demo data -> a short search -> (optionally) an export; returns the run folder."""
     data = work / "data"
     if not (data / "labels.csv").exists():
         nas("demo-data", data, "--n", n, "--size", size, "--seed", 11, "--groups", 6)
-    exp = work / "bench.toml"
-    exp.write_text(tomli_w.dumps({
-        "experiment": {"name": "bench"},
-        "data": {"path": str(data), "image_size": image_size},
-        "search": {"space": str(REPO / "search_spaces" / space), "tuner": "random", "batch_size": 32},
-        "budget": {"max_trials": trials, "epochs": epochs},
-        "export": {"bootstrap": 100},
-    }))
+    exp = experiment(work / "bench.toml", data, image_size=image_size, space=space,
+                     budget={"max_trials": trials, "epochs": epochs}, export={"bootstrap": 100})
     run_id = f"r{len(list((work / 'results' / 'bench').glob('*'))) if (work / 'results' / 'bench').exists() else 0}"
     nas("search", exp, "--results", work / "results", "--run-id", run_id)
     run = work / "results" / "bench" / run_id

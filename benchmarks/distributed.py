@@ -17,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import tomli_w
-from common import REPO, nas
+from common import REPO, experiment, nas
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
 
@@ -38,11 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         nas("demo-data", tmp / "data", "--n", 300, "--size", 96, "--seed", 4, "--groups", 6)
-        exp = tmp / "e.toml"
-        exp.write_text(tomli_w.dumps({
-            "experiment": {"name": "bench"}, "data": {"path": str(tmp / "data"), "image_size": 64},
-            "search": {"space": str(REPO / "search_spaces" / "small_cnn.yaml"), "tuner": "random", "batch_size": 32},
-            "budget": {"max_trials": args.trials, "epochs": args.epochs}}))
+        exp = experiment(tmp / "e.toml", tmp / "data", budget={"max_trials": args.trials, "epochs": args.epochs})
         nas("search", exp, "--results", tmp / "results", "--run-id", "warm", "--max-trials", 1)  # cache built once
         one = timed_search(exp, tmp / "results", "one")
         two = timed_search(exp, tmp / "results", "two", "--workers", "2")

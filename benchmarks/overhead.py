@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tomli_w
-from common import REPO, nas
+from common import REPO, experiment, nas
 
 from nas.runlog import read_events
 
@@ -29,12 +28,9 @@ optimizer: {name: adam, learning_rate: 0.003}
 """
 
 
-def experiment(path: Path, data: Path, space: Path, **budget) -> Path:
-    path.write_text(tomli_w.dumps({
-        "experiment": {"name": "bench"}, "data": {"path": str(data), "image_size": 64},
-        "search": {"space": str(space), "tuner": "random", "batch_size": 32, "recycle_every": budget.pop("recycle", 0)},
-        "budget": budget, "training": {"class_weight": "none"}}))
-    return path
+def bench_experiment(path: Path, data: Path, space: Path, recycle: int = 0, **budget) -> Path:
+    return experiment(path, data, space=space.resolve(), search={"recycle_every": recycle}, budget=budget,
+                      training={"class_weight": "none"})
 
 
 def nas_trial_seconds(exp: Path, results: Path, run_id: str) -> float:
@@ -83,16 +79,16 @@ def main() -> None:
         nas("demo-data", tmp / "data", "--n", 600, "--size", 96, "--seed", 3)
         fixed = tmp / "fixed.yaml"
         fixed.write_text(FIXED_SPACE)
-        exp = experiment(tmp / "one.toml", tmp / "data", fixed, max_trials=1, epochs=args.epochs)
+        exp = bench_experiment(tmp / "one.toml", tmp / "data", fixed, max_trials=1, epochs=args.epochs)
         ours, bare = [], []
         for k in range(args.repeats):
             ours.append(nas_trial_seconds(exp, tmp / "results", f"one{k}"))
             bare.append(bare_fit_seconds(tmp / "results" / "bench" / f"one{k}", args.epochs))
         nas("demo-data", tmp / "tiny", "--n", 60, "--size", 48, "--seed", 3, "--groups", 5)
         small = REPO / "search_spaces" / "small_cnn.yaml"
-        many = experiment(tmp / "many.toml", tmp / "tiny", small, max_trials=args.trials, epochs=1)
+        many = bench_experiment(tmp / "many.toml", tmp / "tiny", small, max_trials=args.trials, epochs=1)
         inproc = rss_over_trials(many, tmp / "results", "inproc")
-        recycled_exp = experiment(tmp / "rec.toml", tmp / "tiny", small, max_trials=args.trials, epochs=1, recycle=10)
+        recycled_exp = bench_experiment(tmp / "rec.toml", tmp / "tiny", small, max_trials=args.trials, epochs=1, recycle=10)
         recycled = rss_over_trials(recycled_exp, tmp / "results", "recycled")
     ratio = min(ours) / min(bare)
     growth_in = inproc[-1] - inproc[0]

@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import tomli_w
-from common import REPO, nas
+from common import REPO, experiment, nas
 
 from nas.runlog import read_events
 
@@ -42,11 +41,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         nas("demo-data", tmp / "data", "--n", 160, "--size", 64, "--seed", 5, "--groups", 6)
-        exp = tmp / "e.toml"
-        exp.write_text(tomli_w.dumps({
-            "experiment": {"name": "bench"}, "data": {"path": str(tmp / "data"), "image_size": 48},
-            "search": {"space": str(REPO / "search_spaces" / "small_cnn.yaml"), "tuner": "random", "batch_size": 16},
-            "budget": {"max_trials": 3, "epochs": args.epochs}}))
+        exp = experiment(tmp / "e.toml", tmp / "data", image_size=48, batch_size=16,
+                         budget={"max_trials": 3, "epochs": args.epochs})
         run = tmp / "results" / "bench" / "r"
         for k in range(args.kills + 1):
             cmd = ["search", str(exp), "--results", str(tmp / "results"), "--run-id", "r"] if k == 0 else ["resume", str(run)]
