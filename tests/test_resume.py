@@ -99,10 +99,11 @@ def test_torn_last_log_line_is_dropped_on_resume(tmp_path, finished_run):
     assert sorted(e["trial_id"] for e in events(run, "trial_finished")) == ["0", "1"]
 
 
-def torture(tmp_path: Path, data: Path, kills: int, seed: int) -> None:
-    """Kill a tiny search with SIGKILL at random moments, resuming after each; then check everything."""
+def torture(tmp_path: Path, data: Path, kills: int, seed: int, trials: int = 3, epochs: int = 3) -> dict:
+    """Kill a tiny search with SIGKILL at random moments, resuming after each; then check everything.
+    Returns what happened, so each test can also check that the kills really landed."""
     rng = random.Random(seed)
-    exp = write_experiment(tmp_path / "e.toml", data, budget={"max_trials": 3, "epochs": 3})
+    exp = write_experiment(tmp_path / "e.toml", data, budget={"max_trials": trials, "epochs": epochs})
     run = tmp_path / "res" / "tiny" / "r"
     done_kills = 0
     for k in range(kills):
@@ -121,25 +122,31 @@ def torture(tmp_path: Path, data: Path, kills: int, seed: int) -> None:
     assert res.code == 0, res.err
 
     finished = events(run, "trial_finished")
-    assert sorted(e["trial_id"] for e in finished) == ["0", "1", "2"]  # each trial complete exactly once
+    ids = sorted(e["trial_id"] for e in finished)
+    assert ids == sorted(set(ids)) and len(ids) == trials  # each trial complete exactly once
     for path in run.rglob("*.json"):
         if ".tmp" not in path.name:
             json.loads(path.read_text())  # no JSON anywhere is truncated
     rows = json.loads(cli("leaderboard", run, "--format", "json").out)
-    assert [r["trial_id"] for r in rows] and len(rows) == 3
+    assert len(rows) == trials  # the leaderboard is whole
     epoch_events = events(run, "epoch")
-    assert len(epoch_events) <= 9 + done_kills  # at most one epoch redone per kill
+    assert len(epoch_events) <= trials * epochs + done_kills  # at most one epoch redone per kill
     for start in events(run, "trial_started"):
         if start.get("resumed_from_epoch"):
             later = [e for e in epoch_events if e["trial_id"] == start["trial_id"] and e["time"] > start["time"]]
             if later:
                 assert later[0]["epoch"] == start["resumed_from_epoch"] + 1  # continued, not restarted
+    return {"kills": done_kills, "finished": ids, "epochs_logged": len(epoch_events)}
 
 
 def test_kill_9_torture_a_few_kills(tmp_path, tiny_data):
-    torture(tmp_path, tiny_data, kills=3, seed=1)
+    outcome = torture(tmp_path, tiny_data, kills=3, seed=1)
+    assert outcome["kills"] == 3, "the search finished before every planned kill landed"
+    assert outcome["finished"] == ["0", "1", "2"]
 
 
 @pytest.mark.slow
 def test_kill_9_torture_twenty_kills(tmp_path, tiny_data):
-    torture(tmp_path, tiny_data, kills=20, seed=2)
+    outcome = torture(tmp_path, tiny_data, kills=20, seed=2, trials=6, epochs=5)
+    assert outcome["kills"] == 20, "the search finished before every planned kill landed"
+    assert outcome["finished"] == ["0", "1", "2", "3", "4", "5"]
