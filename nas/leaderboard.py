@@ -77,6 +77,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _uninformative(column: str, rows: list[dict[str, Any]]) -> bool:
+    """Columns a person reading the table learns nothing from (CSV and JSON keep them all)."""
+    if column == "reason":
+        return not any(r.get("reason") for r in rows)
+    if column == "feasible":
+        return all(r.get("feasible", True) for r in rows)
+    if column == "tie_break":
+        return all(r.get("tie_break") == r.get("pr_auc") for r in rows)
+    return False
+
+
 def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
     """The rows as text in one of FORMATS."""
     if fmt not in FORMATS:
@@ -90,7 +101,7 @@ def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         writer.writeheader()
         writer.writerows({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()} for r in rows)
         return buf.getvalue()
-    shown = [c for c in cols if c != "reason" or any(r.get("reason") for r in rows)]
+    shown = [c for c in cols if not _uninformative(c, rows)]
     cells = [[_cell(r.get(c)) for c in shown] for r in rows]
     if fmt == "md":
         lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]

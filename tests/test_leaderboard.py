@@ -42,6 +42,9 @@ def test_formats_parse_and_agree_with_the_log(finished_run):
 
     table = cli("leaderboard", finished_run).out
     assert "objective" in table.splitlines()[0] and "split: val" in table
+    header = table.splitlines()[0].split()
+    assert "tie_break" not in header and "feasible" not in header  # same as pr_auc / all true: hidden
+    assert "tie_break" in parsed[0] and "feasible" in parsed[0]  # CSV keeps every column
 
 
 def test_two_runs_in_one_table(finished_run, second_run):
