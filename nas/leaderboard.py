@@ -51,7 +51,7 @@ def select(rows: list[dict[str, Any]], *, status: str = "finished", top: int | N
         raise NasError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
     out = [r for r in rows if status == "all" or r["status"] == status]
     if sort:
-        if out and sort not in out[0] and not any(sort in r for r in out):
+        if out and not any(sort in r for r in out):
             raise NasError(f"--sort {sort!r}: no such column; expected one of {', '.join(all_columns(out))}")
         descending = sort in ("objective", "tie_break", "pr_auc", "recall")
         present = [r for r in out if r.get(sort) is not None]

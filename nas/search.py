@@ -175,11 +175,11 @@ class NasTuner(base_tuner.BaseTuner):
                     model = self._build(hp, values)
                     if "trial_id" in fidelity:  # Hyperband: continue from the earlier round's best weights
                         model.load_weights(self.run.trial_dir(fidelity["trial_id"]) / "best.weights.h5")
-                infeasible = self._over_limits(model)
+                infeasible, latency = self._over_limits(model)
                 if infeasible:
                     outcome = infeasible
                 else:
-                    outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch, ckpt)
+                    outcome = self._fit_and_score(model, values, tid, epochs, initial_epoch, ckpt, latency)
         except (BudgetExhausted, SearchStopped) as exc:
             self.emit("trial_interrupted", trial_id=tid, reason=f"{exc} during the trial; its last epoch is checkpointed")
             raise
@@ -202,12 +202,13 @@ class NasTuner(base_tuner.BaseTuner):
             return model
         return build_model(values, self.hypermodel.image_size, self.hypermodel.recall_floor)
 
-    def _over_limits(self, model: keras.Model) -> dict[str, Any] | None:
+    def _over_limits(self, model: keras.Model) -> tuple[dict[str, Any] | None, float | None]:
         """Check the constraints before training: an architecture over a limit is infeasible whatever it
-        would learn, so it is recorded (with why) without spending training time on it."""
+        would learn, so it is recorded (with why) without spending training time on it. Returns that record
+        (or None) and the latency if it was measured, which training does not change."""
         limits = self.exp["constraints"]
         if not (limits["max_params"] or limits["max_latency_ms"]):
-            return None
+            return None, None
         params = int(model.count_params())
         latency = measure_latency_ms(model, self.data.frames.shape[1]) if limits["max_latency_ms"] else None
         reasons = []
@@ -216,13 +217,13 @@ class NasTuner(base_tuner.BaseTuner):
         if latency is not None and latency > limits["max_latency_ms"]:
             reasons.append(f"{latency:.2f} ms/frame > max_latency_ms {limits['max_latency_ms']:g}")
         if not reasons:
-            return None
+            return None, latency
         return {"objective": 0.0, "tie_break": 0.0, "feasible": False, "reason": "infeasible: " + "; ".join(reasons),
                 "params": params, "latency_ms": latency, "epochs_run": 0, "threshold": None, "recall": None,
-                "pr_auc": None, "split": "val"}
+                "pr_auc": None, "split": "val"}, latency
 
     def _fit_and_score(self, model: keras.Model, values: dict[str, Any], tid: str, epochs: int, initial_epoch: int,
-                       ckpt: dict[str, Any] | None) -> dict[str, Any]:
+                       ckpt: dict[str, Any] | None, latency: float | None = None) -> dict[str, Any]:
         exp, data = self.exp, self.data
         batch = exp["search"]["batch_size"]
         seed = exp["search"]["seed"] * 100_003 + int(tid)
@@ -266,7 +267,8 @@ class NasTuner(base_tuner.BaseTuner):
         floor = exp["objective"]["recall_floor"]
         op = precision_at_recall(y_val, prob, floor)
         params = int(model.count_params())
-        latency = measure_latency_ms(model, data.frames.shape[1])
+        if latency is None:
+            latency = measure_latency_ms(model, data.frames.shape[1])
         tie_name = exp["objective"]["tie_break"]
         tie = tie_break_value(tie_name, y_val, prob, params=params, latency_ms=latency)
         _write_hparams(board, tid, SearchSpace.resolve_for_log(values), op.precision, tie, params, latency)
