@@ -181,10 +181,11 @@ def cmd_export(args) -> int:
 
     from nas.export import export_run
 
-    folder = export_run(args.run, trial_id=args.trial, out=args.out, refit=args.refit)
+    folder = export_run(args.run, trial_id=args.trial, out=args.out, refit=args.refit, ensemble=args.ensemble)
     card = json.loads((folder / "model_card.json").read_text())
     t = card["metrics"]["test"]
-    print(f"exported trial {card['trial_id']} to {folder}")
+    what = f"the mean of trials {', '.join(card['ensemble'])}" if card.get("ensemble") else f"trial {card['trial_id']}"
+    print(f"exported {what} to {folder} ({card['latency_ms_batch1']} ms/frame at batch 1)")
     print(f"threshold {card['threshold']:.4g} (chosen on val for recall >= {card['recall_floor']:g})")
     print(f"test split: precision {t['precision']:.3f}, recall {t['recall']:.3f}, weighted F1 {t['weighted_f1']:.3f}, "
           f"PR-AUC {t['pr_auc']:.3f} (n={t['n']})")
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trial", help="export this trial instead of the best")
     e.add_argument("--out", help="export folder (default RUN/export)")
     e.add_argument("--refit", action="store_true", help="retrain the architecture on train+val for the trial's best epoch count")
+    e.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="export the mean probability of the top K trials (threshold chosen on val for the mean)")
     e.set_defaults(func=cmd_export)
 
     lb = sub.add_parser("leaderboard", help="rank trials of one or more runs")

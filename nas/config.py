@@ -113,6 +113,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "objective": {
         "recall_floor": Key(NUM, 0.9, _between(0.0, 1.0, lo_open=True), "recall the threshold must reach on validation data"),
+        "recall_confidence": Key(NUM, 0.0, _between(0.0, 0.999), "0: val recall itself must reach the floor; e.g. 0.9: "
+                                 "its one-sided 90% lower bound must (a threshold that holds its recall on new frames)"),
         "tie_break": Key((str,), "pr_auc", _one_of(TIE_BREAKS), "second figure that orders trials with equal objective"),
     },
     "budget": {

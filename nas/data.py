@@ -524,28 +524,36 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndar
     return np.clip(x, 0, 1).astype(np.float32)
 
 
+def epoch_batches(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *,
+                  epoch: int, shuffle: bool, seed: int = 0, augment: dict | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch's batches (B, S, S, 1), (B, 1), one batch in memory at a time. The order and augmentation
+    are a function of (seed, epoch) alone, so a resumed trial continues the sequence where it stopped."""
+    order = np.asarray(rows).copy()
+    if shuffle:
+        np.random.default_rng([seed, epoch]).shuffle(order)
+        epoch += 1
+    rng = np.random.default_rng([seed, epoch, 7])
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        x = frames[chunk]
+        if augment and any(augment.values()):
+            x = augment_batch(x, rng, augment)
+        yield x[..., None], labels[chunk][:, None].astype(np.float32)
+
+
 def make_dataset(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *, shuffle: bool,
                  seed: int = 0, augment: dict | None = None, first_epoch: int = 0):
-    """tf.data over rows of the frame store: one batch in memory at a time; reshuffled (and augmented, for
-    training data only) every epoch with a seeded generator."""
+    """tf.data over epoch_batches, reshuffled (and augmented, for training data only) every epoch; for
+    prediction and export. Training uses epoch_batches directly (see nas.training)."""
     import tensorflow as tf
 
     size = frames.shape[1]
-    rows = np.asarray(rows)
-    state = {"epoch": first_epoch}  # a resumed trial continues the shuffle sequence where it stopped
+    state = {"epoch": first_epoch}
 
     def batches():
-        order = rows.copy()
-        if shuffle:
-            np.random.default_rng([seed, state["epoch"]]).shuffle(order)
-            state["epoch"] += 1
-        rng = np.random.default_rng([seed, state["epoch"], 7])
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            x = frames[chunk]
-            if augment and any(augment.values()):
-                x = augment_batch(x, rng, augment)
-            yield x[..., None], labels[chunk][:, None]
+        yield from epoch_batches(frames, labels, rows, batch_size, epoch=state["epoch"], shuffle=shuffle, seed=seed,
+                                 augment=augment)
+        state["epoch"] += 1
 
     spec = (
         tf.TensorSpec((None, size, size, 1), tf.float32),

@@ -55,6 +55,24 @@ def best_trial(run: RunDir, trial_id: str | None = None) -> dict[str, Any]:
     return min(finished, key=rank_key)
 
 
+def top_trials(run: RunDir, k: int) -> list[dict[str, Any]]:
+    """The k best finished feasible trials by the search's own ranking rule."""
+    trials = trial_records(read_events(run.trials_log))
+    finished = sorted((t for t in trials.values() if t["status"] == "finished" and t.get("feasible", True)), key=rank_key)
+    if len(finished) < k:
+        raise NasError(f"{run.path}: --ensemble {k} needs {k} finished feasible trials; the run has {len(finished)}")
+    return finished[:k]
+
+
+def _average(models: list):
+    """One Keras model whose probability is the mean of its members' (each member named after its trial)."""
+    import keras
+
+    inputs = keras.Input(models[0].input_shape[1:], name="frame")
+    mean = keras.layers.Average(name="mean_probability")([m(inputs) for m in models])
+    return keras.Model(inputs, mean, name="ensemble")
+
+
 def trial_values(space: SearchSpace, searched: dict[str, Any]) -> dict[str, Any]:
     """A trial's full configuration: the space's constants plus the trial's searched values."""
     values = {}
@@ -110,18 +128,25 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export_run(run_path: str | Path, trial_id: str | None = None, out: str | Path | None = None, *, refit: bool = False) -> Path:
-    """Export one trial of a run; returns the export folder.
+def export_run(run_path: str | Path, trial_id: str | None = None, out: str | Path | None = None, *, refit: bool = False,
+               ensemble: int = 1) -> Path:
+    """Export one trial of a run (or the mean of the top `ensemble` trials); returns the export folder.
 
     With refit, the architecture is retrained on train+val for the trial's best number of epochs; the
     threshold still comes from the searched model's validation probabilities (val is no longer held out).
+    An ensemble's threshold is chosen on val from the averaged probabilities, like a single model's.
     """
+    if ensemble < 1:
+        raise NasError(f"--ensemble {ensemble}: expected 1 or more trials")
+    if ensemble > 1 and (trial_id is not None or refit):
+        raise NasError("--ensemble takes the top trials itself: it cannot be combined with --trial or --refit")
     run = RunDir(Path(run_path)).check_exists()
     with run_lock(run):
-        return _export(run, trial_id, Path(out) if out else run.export, refit)
+        return _export(run, trial_id, Path(out) if out else run.export, refit, ensemble)
 
 
-def _architecture(exp: config_mod.Experiment, space: SearchSpace, trial: dict[str, Any], *, compiled: bool, frames=None):
+def _architecture(exp: config_mod.Experiment, space: SearchSpace, trial: dict[str, Any], *, compiled: bool, frames=None,
+                  decay_steps: int = 0, clear: bool = True):
     """The trial's architecture, freshly initialised: our CNN families, or the AutoKeras graph it came from."""
     import keras
 
@@ -139,9 +164,10 @@ def _architecture(exp: config_mod.Experiment, space: SearchSpace, trial: dict[st
         return model
     from nas.models import build_model, build_network
 
-    keras.backend.clear_session()
+    if clear:  # not between an ensemble's members: they must live in one session
+        keras.backend.clear_session()
     values = trial_values(space, trial.get("hyperparameters", {}))
-    return build_model(values, size, floor) if compiled else build_network(values, size)
+    return build_model(values, size, floor, decay_steps) if compiled else build_network(values, size)
 
 
 def _refit(exp: config_mod.Experiment, space: SearchSpace, trial: dict[str, Any], frames, labels, rows, epochs: int):
@@ -149,23 +175,28 @@ def _refit(exp: config_mod.Experiment, space: SearchSpace, trial: dict[str, Any]
     import keras
 
     keras.utils.set_random_seed(exp["search"]["seed"] * 100_003 + 99_991)
-    model = _architecture(exp, space, trial, compiled=True, frames=frames[rows[:256]][..., None])
-    ds = data_mod.make_dataset(frames, labels, rows, exp["search"]["batch_size"], shuffle=True, seed=exp["search"]["seed"])
+    batch = exp["search"]["batch_size"]
+    model = _architecture(exp, space, trial, compiled=True, frames=frames[rows[:256]][..., None],
+                          decay_steps=-(-len(rows) // batch) * epochs)
+    ds = data_mod.make_dataset(frames, labels, rows, batch, shuffle=True, seed=exp["search"]["seed"],
+                               augment=dict(exp["augment"]))
     weights = data_mod.class_weights(labels[rows]) if exp["training"]["class_weight"] == "auto" else None
     model.fit(ds, epochs=epochs, class_weight=weights, verbose=0)
     return model
 
 
-def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False) -> Path:
+def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False, ensemble: int = 1) -> Path:
     import tensorflow as tf
 
     exp = config_mod.load_experiment(run.experiment, resolve_paths=False)
     space = parse_space(run.space.read_text(), str(run.space))
-    trial = best_trial(run, trial_id)
+    members = top_trials(run, ensemble) if ensemble > 1 else [best_trial(run, trial_id)]
+    trial = members[0]
     tid = trial["trial_id"]
-    weights = run.trial_dir(tid) / "best.weights.h5"
-    if not weights.is_file():
-        raise NasError(f"{weights}: best-epoch weights of trial {tid} are missing")
+    for member in members:
+        weights = run.trial_dir(member["trial_id"]) / "best.weights.h5"
+        if not weights.is_file():
+            raise NasError(f"{weights}: best-epoch weights of trial {member['trial_id']} are missing")
     d = exp["data"]
     size, clip, floor = d["image_size"], tuple(d["clip_percentiles"]), exp["objective"]["recall_floor"]
     data_mod.require_unchanged(run.split, Path(d["path"]))
@@ -175,10 +206,15 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False)
     split_arr = np.array([s for r, s in zip(records, splits, strict=True) if r.path in kept])
     labels = cached.labels
 
-    model = _architecture(exp, space, trial, compiled=False)
-    with warnings.catch_warnings():  # a compiled AutoKeras model warns that optimizer state is not loaded: not needed
-        warnings.simplefilter("ignore", UserWarning)
-        model.load_weights(weights)  # the best epoch's weights (normalization statistics included)
+    models = []
+    for member in members:
+        model = _architecture(exp, space, member, compiled=False, clear=not models)
+        with warnings.catch_warnings():  # a compiled AutoKeras model warns that optimizer state is not loaded: not needed
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(run.trial_dir(member["trial_id"]) / "best.weights.h5")  # best epoch, BN statistics included
+        model.name = f"trial_{member['trial_id']}"
+        models.append(model)
+    model = _average(models) if len(models) > 1 else models[0]
 
     def probabilities(split: str) -> tuple[np.ndarray, np.ndarray]:
         rows = np.flatnonzero(split_arr == split)
@@ -186,7 +222,12 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False)
         return labels[rows], model.predict(ds, verbose=0).ravel()
 
     y_val, p_val = probabilities("val")
-    op = precision_at_recall(y_val, p_val, floor)
+    op = precision_at_recall(y_val, p_val, floor, exp["objective"]["recall_confidence"])
+    latency = None
+    if len(members) > 1:  # an ensemble costs its members' latencies together: measured, as the search measures trials
+        from nas.search import measure_latency_ms
+
+        latency = round(measure_latency_ms(model, size), 4)
     if op.reason:
         raise NasError(f"trial {tid}: cannot calibrate a threshold on validation data: {op.reason}")
     refit_info = None
@@ -219,8 +260,11 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False)
         card = {
             "experiment": exp.name, "run": str(run.path), "trial_id": tid,
             "hyperparameters": trial.get("hyperparameters", {}), "architecture": space.name,
-            "params": trial.get("params"), "latency_ms_batch1": trial.get("latency_ms"),
-            "threshold": op.threshold, "recall_floor": floor, "threshold_from": "val", "refit": refit_info,
+            "params": int(model.count_params()) if len(members) > 1 else trial.get("params"),
+            "latency_ms_batch1": latency if len(members) > 1 else trial.get("latency_ms"),
+            "ensemble": [m["trial_id"] for m in members] if len(members) > 1 else None,
+            "threshold": op.threshold, "recall_floor": floor, "threshold_from": "val",
+            "recall_confidence": exp["objective"]["recall_confidence"], "refit": refit_info,
             "keras_file_needs": "autokeras (AutoKeras layers)" if exp["search"]["tuner"] == "autokeras" else "keras only",
             "input": {"image_size": size, "clip_percentiles": list(clip), "frames": "raw 2-D frames, any size, float32 or uint16"},
             "metrics": {"val": val, "test": test},
@@ -251,10 +295,12 @@ def _card_markdown(card: dict[str, Any]) -> str:
     fmt_ci = lambda c: f" (95% CI {c[0]:.3f}-{c[1]:.3f})" if c else ""  # noqa: E731
     cm = t["confusion_matrix"]
     lines = [
-        f"# Model card: {card['experiment']} / trial {card['trial_id']}",
+        f"# Model card: {card['experiment']} / " + (f"mean of trials {', '.join(card['ensemble'])}" if card.get("ensemble")
+                                                    else f"trial {card['trial_id']}"),
         "",
         f"- Architecture family: `{card['architecture']}`, {card['params']} parameters, {card['latency_ms_batch1']} ms/frame at batch 1 (search machine)",
-        f"- Threshold {card['threshold']:.6g}, chosen on **val** for recall >= {card['recall_floor']}",
+        f"- Threshold {card['threshold']:.6g}, chosen on **val** for recall >= {card['recall_floor']}"
+        + (f" (its {card['recall_confidence']:g} one-sided lower bound)" if card.get("recall_confidence") else ""),
         f"- Input: raw frames of any size, normalized inside the model to {card['input']['image_size']} px",
         "",
         "| split | n | positives | precision | recall | weighted F1 | PR-AUC | precision at floor |",

@@ -74,8 +74,12 @@ def build_network(v: dict[str, Any], image_size: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="haadf_classifier")
 
 
-def make_optimizer(v: dict[str, Any]) -> keras.optimizers.Optimizer:
+def make_optimizer(v: dict[str, Any], decay_steps: int = 0) -> keras.optimizers.Optimizer:
+    """The optimizer; with schedule cosine (and a known trial length) its rate decays to 0 by the last step,
+    which settles batch-norm networks whose validation score swings at a constant rate."""
     name, lr, wd = v["optimizer.name"], v["optimizer.learning_rate"], v["optimizer.weight_decay"]
+    if v.get("optimizer.schedule", "constant") == "cosine" and decay_steps > 0:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
     if name == "adamw":
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=wd or 1e-4)
     if name == "sgd":
@@ -85,9 +89,9 @@ def make_optimizer(v: dict[str, Any]) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd or None)
 
 
-def compile_model(model: keras.Model, v: dict[str, Any], recall_floor: float) -> keras.Model:
+def compile_model(model: keras.Model, v: dict[str, Any], recall_floor: float, decay_steps: int = 0) -> keras.Model:
     model.compile(
-        optimizer=make_optimizer(v),
+        optimizer=make_optimizer(v, decay_steps),
         loss="binary_crossentropy",
         metrics=[
             keras.metrics.PrecisionAtRecall(recall_floor, name=PRECISION_METRIC),
@@ -97,18 +101,19 @@ def compile_model(model: keras.Model, v: dict[str, Any], recall_floor: float) ->
     return model
 
 
-def build_model(v: dict[str, Any], image_size: int, recall_floor: float) -> keras.Model:
-    return compile_model(build_network(v, image_size), v, recall_floor)
+def build_model(v: dict[str, Any], image_size: int, recall_floor: float, decay_steps: int = 0) -> keras.Model:
+    return compile_model(build_network(v, image_size), v, recall_floor, decay_steps)
 
 
 class SpaceHyperModel(keras_tuner.HyperModel):
     """KerasTuner's view of a SearchSpace: build(hp) registers the space's dimensions and builds."""
 
-    def __init__(self, space: SearchSpace, image_size: int, recall_floor: float):
+    def __init__(self, space: SearchSpace, image_size: int, recall_floor: float, decay_steps: int = 0):
         super().__init__(name=space.name)
         self.space = space
         self.image_size = image_size
         self.recall_floor = recall_floor
+        self.decay_steps = decay_steps  # a trial's full length in steps, for a cosine schedule
 
     def build(self, hp) -> keras.Model:
-        return build_model(self.space.resolve(hp), self.image_size, self.recall_floor)
+        return build_model(self.space.resolve(hp), self.image_size, self.recall_floor, self.decay_steps)

@@ -48,6 +48,7 @@ from nas.runlog import (  # noqa: E402
     trial_records,
 )
 from nas.space import SearchSpace, load_space, parse_space  # noqa: E402
+from nas.training import fit_epochs, predict_rows  # noqa: E402
 
 OBJECTIVE = keras_tuner.Objective("score", direction="max")
 EventSink = Callable[[dict[str, Any]], None]
@@ -200,7 +201,8 @@ class NasTuner(base_tuner.BaseTuner):
             sample = self.data.frames[self.data.train_rows[:256]][..., None]
             adapt_preprocessing(model, sample)
             return model
-        return build_model(values, self.hypermodel.image_size, self.hypermodel.recall_floor)
+        hm = self.hypermodel
+        return build_model(values, hm.image_size, hm.recall_floor, hm.decay_steps)
 
     def _over_limits(self, model: keras.Model) -> tuple[dict[str, Any] | None, float | None]:
         """Check the constraints before training: an architecture over a limit is infeasible whatever it
@@ -227,9 +229,13 @@ class NasTuner(base_tuner.BaseTuner):
         exp, data = self.exp, self.data
         batch = exp["search"]["batch_size"]
         seed = exp["search"]["seed"] * 100_003 + int(tid)
-        train = data_mod.make_dataset(data.frames, data.labels, data.train_rows, batch, shuffle=True, seed=seed,
-                                      augment=data.augment, first_epoch=initial_epoch)
-        val = data_mod.make_dataset(data.frames, data.labels, data.val_rows, batch, shuffle=False)
+        def train(epoch: int):
+            return data_mod.epoch_batches(data.frames, data.labels, data.train_rows, batch, epoch=epoch, shuffle=True,
+                                          seed=seed, augment=data.augment)
+
+        def val(epoch: int):
+            return data_mod.epoch_batches(data.frames, data.labels, data.val_rows, batch, epoch=0, shuffle=False)
+
         patience = exp["training"]["early_stopping_patience"]
         early = ResumableEarlyStopping(monitor=f"val_{PR_AUC_METRIC}", mode="max", patience=patience,
                                        restored=(ckpt or {}).get("early_stopping")) if patience else None
@@ -242,10 +248,10 @@ class NasTuner(base_tuner.BaseTuner):
         if early:
             callbacks.append(early)
         fit_t0 = time.perf_counter()
-        history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
-                            class_weight=data.class_weight, callbacks=callbacks, verbose=0)
+        history = fit_epochs(model, train, val, epochs=epochs, initial_epoch=initial_epoch,
+                             class_weight=data.class_weight, callbacks=callbacks)
         fit_seconds = time.perf_counter() - fit_t0
-        losses = history.history.get("loss", [])
+        losses = history.get("loss", [])
         if any(not math.isfinite(v) for v in losses):
             raise FloatingPointError(f"loss became NaN or infinite at epoch {initial_epoch + len(losses)}")
         epochs_run = initial_epoch + len(losses)
@@ -261,11 +267,11 @@ class NasTuner(base_tuner.BaseTuner):
         model.save_weights(tmp)
         os.replace(tmp, tdir / "best.weights.h5")
         y_val = data.labels[data.val_rows]
-        prob = model.predict(val, verbose=0).ravel()
+        prob = predict_rows(model, data.frames, data.val_rows)
         np.save(tdir / "val_probs.tmp.npy", prob)
         os.replace(tdir / "val_probs.tmp.npy", tdir / "val_probs.npy")
-        floor = exp["objective"]["recall_floor"]
-        op = precision_at_recall(y_val, prob, floor)
+        floor, sure = exp["objective"]["recall_floor"], exp["objective"]["recall_confidence"]
+        op = precision_at_recall(y_val, prob, floor, sure)
         params = int(model.count_params())
         if latency is None:
             latency = measure_latency_ms(model, data.frames.shape[1])
@@ -273,10 +279,10 @@ class NasTuner(base_tuner.BaseTuner):
         tie = tie_break_value(tie_name, y_val, prob, params=params, latency_ms=latency)
         _write_hparams(board, tid, SearchSpace.resolve_for_log(values), op.precision, tie, params, latency)
         return {
-            "objective": op.precision, "objective_ci95": objective_interval(y_val, prob, floor, seed=int(tid)),
+            "objective": op.precision, "objective_ci95": objective_interval(y_val, prob, floor, seed=int(tid), confidence=sure),
             "recall": op.recall, "threshold": op.threshold, "reason": op.reason,
             "tie_break": tie, "tie_break_name": tie_name, "pr_auc": tie_break_value("pr_auc", y_val, prob),
-            "val_loss": _at_epoch(history.history.get("val_loss", []), log.best_epoch - initial_epoch - 1),
+            "val_loss": _at_epoch(history.get("val_loss", []), log.best_epoch - initial_epoch - 1),
             "params": params, "latency_ms": round(latency, 4), "epochs_run": epochs_run,
             "best_epoch": log.best_epoch, "fit_seconds": round(fit_seconds, 3), "split": "val", "feasible": True,
         }
@@ -336,7 +342,8 @@ def make_hypermodel(exp: config_mod.Experiment, space: SearchSpace, n_train: int
     if "blocks" not in space.sections:
         raise NasError(f"{space.source}: search.tuner = {tuner} needs a blocks: section in the space "
                        "(a space with only autokeras: is for tuner autokeras)")
-    return SpaceHyperModel(space, size, floor)
+    steps = -(-n_train // exp["search"]["batch_size"]) * exp["budget"]["epochs"]
+    return SpaceHyperModel(space, size, floor, decay_steps=steps)
 
 
 def make_oracle(exp: config_mod.Experiment, space: SearchSpace):
@@ -345,11 +352,14 @@ def make_oracle(exp: config_mod.Experiment, space: SearchSpace):
     common = dict(objective=OBJECTIVE, seed=s["seed"] + 1,  # KerasTuner reads seed 0 as "no seed"
                   max_consecutive_failed_trials=s["max_consecutive_failures"])
     tuner = s["tuner"]
+    if space.warm_start and tuner not in ("random", "bayesian"):
+        raise NasError(f"{space.source}: warm_start works with search.tuner random or bayesian, not {tuner}")
     if tuner == "random":
-        return keras_tuner.oracles.RandomSearchOracle(max_trials=b["max_trials"], **common)
+        return warm_started(keras_tuner.oracles.RandomSearchOracle(max_trials=b["max_trials"], **common), space)
     if tuner == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(
-            max_trials=b["max_trials"], num_initial_points=min(s["bayesian_initial_points"], b["max_trials"]), **common)
+        return warm_started(keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=b["max_trials"], num_initial_points=min(s["bayesian_initial_points"], b["max_trials"]), **common),
+            space)
     if tuner == "hyperband":
         # brackets repeat until max_trials caps them, so the budget means the same for every tuner
         oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max(2, b["epochs"]), factor=s["hyperband_factor"],
@@ -364,6 +374,24 @@ def make_oracle(exp: config_mod.Experiment, space: SearchSpace):
         oracle.max_consecutive_failed_trials = s["max_consecutive_failures"]
         return oracle
     raise NasError(f"search.tuner = {tuner!r}: unknown tuner")
+
+
+def warm_started(oracle, space: SearchSpace):
+    """Propose the space's warm_start configurations first, each once (a resumed search skips those already
+    tried), then hand over to the oracle's own algorithm, which counts them as its first observations."""
+    if not space.warm_start:
+        return oracle
+    propose = oracle.populate_space
+
+    def populate_space(trial_id):
+        tried = [t.hyperparameters.values for t in oracle.trials.values()]
+        for start in space.warm_start:
+            if not any(all(v.get(k) == x for k, x in start.items()) for v in tried):
+                return {"status": "RUNNING", "values": dict(start)}  # KerasTuner's TrialStatus.RUNNING
+        return propose(trial_id)
+
+    oracle.populate_space = populate_space
+    return oracle
 
 
 def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, resume: bool,

@@ -7,6 +7,8 @@ A value in a space file is either a constant (``kernel_size: 3``) or a searched 
     {float: [0.0, 0.5]}      {float: [1.0e-4, 1.0e-2], sampling: log}
 
 Sections and keys are fixed (SPACE_SCHEMA); anything else is an error that names the file and the key.
+An optional ``warm_start:`` list names known-good configurations (dotted keys) that the search tries first,
+so a short budget starts from a good model instead of from random draws.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ SPACE_SCHEMA: dict[str, dict[str, Param]] = {
         "name": Param(str, "adam", options=("adam", "adamw", "sgd", "rmsprop")),
         "learning_rate": Param(float, 1e-3, low=1e-6, high=1.0),
         "weight_decay": Param(float, 0.0, low=0.0, high=0.5),
+        "schedule": Param(str, "constant", options=("constant", "cosine")),  # cosine: decays to 0 over the trial
     },
     "autokeras": {
         "block_type": Param(str, "vanilla", options=("vanilla", "resnet", "xception")),
@@ -70,7 +73,7 @@ SPACE_SCHEMA: dict[str, dict[str, Param]] = {
         "dropout": Param(float, 0.0, low=0.0, high=0.9),
     },
 }
-TOP_KEYS = {"name", "description", *SPACE_SCHEMA}
+TOP_KEYS = {"name", "description", "warm_start", *SPACE_SCHEMA}
 
 
 @dataclass(frozen=True)
@@ -176,11 +179,14 @@ class SearchSpace:
     sections: frozenset[str]
     source: str
     text: str
+    warm_start: tuple[dict[str, Any], ...] = ()
 
     @property
     def fingerprint(self) -> str:
         """A hash of what the space means (not its comments), so resume can refuse a changed space."""
         meaning = {k: repr(v) for k, v in sorted(self.dimensions.items())}
+        if self.warm_start:
+            meaning["warm_start"] = repr(self.warm_start)
         return hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:16]
 
     def searched(self) -> list[Dimension]:
@@ -238,7 +244,36 @@ def parse_space(text: str, source: str = "<space>") -> SearchSpace:
         for key, param in params.items():
             dotted = f"{section}.{key}"
             dims[dotted] = _parse_dimension(dotted, table.get(key, param.default), param, source)
-    return SearchSpace(name, str(raw.get("description", "")), dims, sections, source, text)
+    starts = _parse_warm_start(raw.get("warm_start"), dims, source)
+    return SearchSpace(name, str(raw.get("description", "")), dims, sections, source, text, starts)
+
+
+def _parse_warm_start(raw: Any, dims: dict[str, Dimension], source: str) -> tuple[dict[str, Any], ...]:
+    """Each entry fixes some searched keys; the others take their first choice or lower bound (KerasTuner's
+    default). Every value must be one the dimension could draw, so a warm start never leaves the space."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise NasError(f"{source}: warm_start must be a list of mappings of dotted keys to values, got {raw!r}")
+    searched = {n: d for n, d in dims.items() if d.searched}
+    starts = []
+    for i, entry in enumerate(raw):
+        where = f"warm_start[{i}]"
+        values = {}
+        for key, dim in searched.items():
+            value = entry.get(key, dim.choice[0] if dim.choice is not None else dim.low)
+            value = _check_scalar(value, dim.param, source, f"{where}.{key}")
+            if dim.choice is not None and value not in dim.choice:
+                raise NasError(f"{source}: {where}.{key}: expected one of {', '.join(map(str, dim.choice))}, got {value!r}")
+            if dim.choice is None and not dim.low <= value <= dim.high:
+                raise NasError(f"{source}: {where}.{key}: expected a value in [{dim.low:g}, {dim.high:g}], got {value!r}")
+            values[key] = value
+        for key in entry:
+            if key not in searched:
+                what = "a constant in this space" if key in dims else "not a key of this space"
+                raise NasError(f"{source}: {where}.{key}: {what}; warm_start sets searched keys only")
+        starts.append(values)
+    return tuple(starts)
 
 
 def load_space(path: str | Path) -> SearchSpace:

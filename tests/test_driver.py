@@ -36,9 +36,9 @@ def test_failed_trials_are_logged_and_the_search_goes_on(tmp_path, tiny_data, mo
     real = search_mod.build_model
     calls = {"n": 0}
 
-    def flaky(values, size, floor):
+    def flaky(values, size, floor, *rest):
         calls["n"] += 1
-        model = real(values, size, floor)
+        model = real(values, size, floor, *rest)
         if calls["n"] == 1:  # trial 0: out of memory while building
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape [64,64,3,3]")
         if calls["n"] == 2:  # trial 1: weights that make the loss NaN
@@ -60,11 +60,11 @@ def test_too_many_consecutive_failures_stop_the_search_keeping_finished_trials(t
     real = search_mod.build_model
     calls = {"n": 0}
 
-    def breaks_after_one(values, size, floor):
+    def breaks_after_one(values, size, floor, *rest):
         calls["n"] += 1
         if calls["n"] > 1:
             raise ValueError("a combination this space cannot build")
-        return real(values, size, floor)
+        return real(values, size, floor, *rest)
 
     monkeypatch.setattr(search_mod, "build_model", breaks_after_one)
     exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 8, "epochs": 1},

@@ -113,19 +113,26 @@ def test_export_of_unknown_or_unfinished_trial_is_refused(finished_run):
 
 
 def test_test_split_is_read_once_and_only_by_export(tmp_path, tiny_data, monkeypatch):
-    """Instrument every dataset the search and export build; map its rows to splits."""
+    """Instrument every way frames reach a model (epoch batches, which tf.data datasets wrap too, and
+    direct prediction); map their rows to splits."""
     from nas import data as data_mod
+    from nas import search as search_mod
 
     from .conftest import write_experiment
 
     calls = []
-    real = data_mod.make_dataset
+    real_batches, real_predict = data_mod.epoch_batches, search_mod.predict_rows
 
-    def recording(frames, labels, rows, *args, **kwargs):
+    def batches(frames, labels, rows, *args, **kwargs):
         calls.append((phase, sorted(int(r) for r in rows)))
-        return real(frames, labels, rows, *args, **kwargs)
+        return real_batches(frames, labels, rows, *args, **kwargs)
 
-    monkeypatch.setattr(data_mod, "make_dataset", recording)
+    def predict(model, frames, rows, *args, **kwargs):
+        calls.append((phase, sorted(int(r) for r in rows)))
+        return real_predict(model, frames, rows, *args, **kwargs)
+
+    monkeypatch.setattr(data_mod, "epoch_batches", batches)
+    monkeypatch.setattr(search_mod, "predict_rows", predict)
     exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 2, "epochs": 1})
     phase = "search"
     assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "r").code == 0
@@ -151,3 +158,29 @@ def test_refit_retrains_on_train_and_val_for_the_best_epoch_count(finished_run, 
     plain = json.loads((finished_run / "export" / "model_card.json").read_text()) if (finished_run / "export").exists() else None
     if plain:
         assert card["threshold"] == pytest.approx(plain["threshold"])  # threshold from the searched model on val
+
+
+def test_ensemble_export_averages_the_top_trials_and_calibrates_the_mean_on_val(finished_run, tmp_path):
+    res = cli("export", finished_run, "--ensemble", "2", "--out", tmp_path / "ens")
+    assert res.code == 0, res.err
+    card = json.loads((tmp_path / "ens" / "model_card.json").read_text())
+    ranked = sorted((t for t in trial_records(read_events(finished_run / "trials.jsonl")).values()
+                     if t["status"] == "finished"), key=rank_key)
+    assert card["ensemble"] == [t["trial_id"] for t in ranked[:2]]
+    assert card["latency_ms_batch1"] > 0 and "mean of trials" in res.out
+    rows = list(csv.DictReader(open(finished_run / "split.csv")))
+    y = np.array([r["label"] == "positive" for r in rows if r["split"] == "val"], dtype=int)
+    mean = np.mean([np.load(finished_run / "trials" / t["trial_id"] / "val_probs.npy") for t in ranked[:2]], axis=0)
+    assert card["threshold"] == pytest.approx(precision_at_recall(y, mean, 0.9).threshold, abs=1e-5)
+    assert card["metrics"]["val"]["precision_at_floor"] == pytest.approx(precision_at_recall(y, mean, 0.9).precision)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--ensemble", "3"], "--ensemble 3 needs 3 finished feasible trials; the run has 2"),
+    (["--ensemble", "2", "--trial", "0"], "cannot be combined with --trial or --refit"),
+    (["--ensemble", "0"], "expected 1 or more trials"),
+])
+def test_impossible_ensembles_are_refused(finished_run, tmp_path, args, expected):
+    res = cli("export", finished_run, *args, "--out", tmp_path / "ens")
+    assert res.code == 2 and expected in res.err
+    assert not (tmp_path / "ens").exists()

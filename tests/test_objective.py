@@ -60,3 +60,18 @@ def test_report_and_bootstrap():
     ci = bootstrap_interval(y, p, 0.5, 500)
     lo, hi = ci["precision_95ci"]
     assert 0 <= lo <= 0.75 <= hi <= 1
+
+
+def test_recall_confidence_moves_the_threshold_down_until_the_recall_bound_reaches_the_floor():
+    from nas.objective import recall_lower_bound
+
+    rng = np.random.default_rng(5)
+    y = rng.random(400) < 0.5
+    prob = np.clip(y * 0.35 + rng.normal(0.35, 0.2, 400), 0, 1)
+    plain = precision_at_recall(y, prob, 0.9)
+    sure = precision_at_recall(y, prob, 0.9, confidence=0.9)
+    assert sure.threshold < plain.threshold and sure.recall > plain.recall and sure.precision <= plain.precision
+    assert recall_lower_bound(np.array([sure.recall]), int(y.sum()), 0.9)[0] >= 0.9
+    # the bound is a real one-sided 90% bound: a recall of 0.9 on 100 positives is only sure of ~0.86
+    assert recall_lower_bound(np.array([0.9]), 100, 0.9)[0] == pytest.approx(0.8548, abs=1e-3)
+    assert precision_at_recall(y[:20], prob[:20], 0.99, confidence=0.99).reason.endswith("with 0.99 confidence")

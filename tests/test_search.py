@@ -143,3 +143,39 @@ def test_existing_run_id_is_refused(finished_run, tiny_data, tmp_path):
     exp = write_experiment(tmp_path / "e.toml", tiny_data)
     res = cli("search", exp, "--results", finished_run.parent.parent, "--run-id", "r1")
     assert res.code == 2 and "already exists" in res.err and "nas resume" in res.err
+
+
+WARM_SPACE = """
+blocks:
+  count: {int: [1, 3]}
+  filters: {choice: [4, 8]}
+optimizer:
+  learning_rate: {float: [1.0e-3, 1.0e-2], sampling: log}
+  schedule: cosine
+warm_start:
+  - {blocks.count: 2, blocks.filters: 8, optimizer.learning_rate: 3.0e-3}
+"""
+
+
+def test_warm_start_is_tried_first_and_never_again_after_a_resume(tmp_path, tiny_data):
+    space = tmp_path / "warm.yaml"
+    space.write_text(WARM_SPACE)
+    exp = write_experiment(tmp_path / "e.toml", tiny_data, search={"space": str(space), "tuner": "bayesian",
+                           "bayesian_initial_points": 2}, budget={"max_trials": 1, "epochs": 2})
+    assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "r").code == 0
+    run = tmp_path / "res" / "tiny" / "r"
+    warm = {"blocks.count": 2, "blocks.filters": 8, "optimizer.learning_rate": 3.0e-3}
+    assert [e["hyperparameters"] for e in finished(run)] == [warm]
+    res = cli("resume", run, "--max-trials", "3")
+    assert res.code == 0, res.err
+    later = [e["hyperparameters"] for e in finished(run)][1:]
+    assert len(later) == 2 and warm not in later
+
+
+def test_warm_start_with_hyperband_is_refused_naming_the_space(tmp_path, tiny_data):
+    space = tmp_path / "warm.yaml"
+    space.write_text(WARM_SPACE)
+    exp = write_experiment(tmp_path / "e.toml", tiny_data, search={"space": str(space), "tuner": "hyperband"})
+    res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")
+    assert res.code == 2
+    assert "warm.yaml: warm_start works with search.tuner random or bayesian" in res.err

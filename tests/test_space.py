@@ -51,6 +51,11 @@ def _space(**blocks):
         ("head:\n  dense: 32\n", "needs a blocks section"),
         ("blocks: [1, 2]\n", "blocks must be a mapping"),
         ("blocks:\n  count: {int: [1, 3]\n", "not valid YAML"),
+        (_space(count="{int: [1, 3]}") + "\nwarm_start:\n  - {blocks.count: 5}\n", "warm_start[0].blocks.count: expected a value in [1, 3]"),
+        (_space(count="{int: [1, 3]}") + "\nwarm_start:\n  - {blocks.cuont: 2}\n", "warm_start[0].blocks.cuont: not a key of this space"),
+        (_space(count="{int: [1, 3]}") + "\nwarm_start:\n  - {blocks.filters: 8}\n", "warm_start[0].blocks.filters: a constant"),
+        (_space(pooling="{choice: [max, avg]}") + "\nwarm_start:\n  - {blocks.pooling: none}\n", "expected one of max, avg"),
+        (_space() + "\nwarm_start: {blocks.count: 2}\n", "warm_start must be a list"),
     ],
 )
 def test_space_mistakes_name_file_and_key(text, expected):
@@ -65,3 +70,22 @@ def test_fingerprint_ignores_comments_but_not_meaning():
     b = parse_space("# two\nblocks:\n  filters: {choice: [8, 16]}\n")
     c = parse_space("blocks:\n  filters: {choice: [8, 32]}\n")
     assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_warm_start_fills_unnamed_keys_with_their_first_choice_or_lower_bound():
+    space = parse_space(_space(count="{int: [2, 4]}", filters="{choice: [8, 16]}", dropout="{float: [0.1, 0.3]}")
+                        + "\nwarm_start:\n  - {blocks.filters: 16}\n", "s.yaml")
+    assert space.warm_start == ({"blocks.count": 2, "blocks.filters": 16, "blocks.dropout": 0.1},)
+    without = parse_space(_space(count="{int: [2, 4]}", filters="{choice: [8, 16]}", dropout="{float: [0.1, 0.3]}"), "s.yaml")
+    assert space.fingerprint != without.fingerprint  # resume refuses a changed warm start
+
+
+def test_cosine_schedule_decays_the_rate_to_zero_over_the_trial():
+    space = load_space(REPO / "search_spaces" / "haadf.yaml")
+    values = {name: dim.constant for name, dim in space.dimensions.items()}
+    values.update(space.warm_start[0])
+    model = build_model(values, 32, 0.9, decay_steps=100)
+    schedule = model.optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(values["optimizer.learning_rate"])
+    assert float(schedule(50)) == pytest.approx(values["optimizer.learning_rate"] / 2, rel=1e-3)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)

@@ -1,0 +1,270 @@
+"""Quality against what users run today, in the same wall-clock budget (issue 9).
+
+Makes demo data (its own seed), one split, and runs one after another with the same budget:
+  autokeras   vanilla AutoKeras AutoModel: ImageInput -> ImageBlock(block_type="vanilla") -> ClassificationHead,
+              AutoKeras's default objective (val_loss) and greedy tuner. The vanilla block is AutoKeras's own
+              first pick for images and its one offline-safe family (ResNet/Xception/EfficientNet search
+              `pretrained`, which downloads weights).
+  kerastuner  KerasTuner RandomSearch over a typical small CNN (conv+pool blocks, flatten, dense) with
+              val_accuracy, as in KerasTuner's tutorials.
+  nas         nas search experiments/haadf.toml, then nas export.
+Each is scored on the same test split with a threshold chosen on validation data for recall >= 0.90.
+The anchors get frames normalized as nas normalizes them, loaded before their clock starts; nas's clock
+(budget.time_budget) starts after it has read the frames. The table reports each one's whole wall time.
+Finished approaches are kept (OUT/<data>/<approach>/result.json) and reused by a re-run; --fresh redoes them.
+
+    python benchmarks/anchors.py                        # 2,000 frames of 128 px, seed 7, 15 minutes each
+    python benchmarks/anchors.py --seed 8 --only nas    # one approach
+Prints a Markdown table, the differences, and as its last line a JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import REPO, nas
+
+APPROACHES = ("autokeras", "kerastuner", "nas")
+FLOOR = 0.9
+
+
+class Deadline:
+    """A Keras callback (built lazily: keras is imported in the anchor process only) that ends the search at
+    the deadline: it stops the running fit and caps the oracle at the trials it has, as a user's Ctrl-C would
+    but keeping the tool's own best-model bookkeeping."""
+
+    def __new__(cls, deadline: float, oracle):
+        import keras
+
+        class _Deadline(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if time.time() >= deadline:
+                    self.model.stop_training = True
+                    oracle().max_trials = len(oracle().trials)
+
+        return _Deadline()
+
+
+def run_autokeras(x, y, splits, budget: float, seed: int, workdir: Path):
+    import autokeras as ak
+
+    inputs = ak.ImageInput()
+    outputs = ak.ClassificationHead()(ak.ImageBlock(block_type="vanilla")(inputs))
+    model = ak.AutoModel(inputs=inputs, outputs=outputs, max_trials=10_000, directory=str(workdir),
+                         project_name="autokeras", overwrite=True, seed=seed)
+    tr, va = splits == "train", splits == "val"
+    deadline = time.time() + budget
+    model.fit(x[tr], y[tr], validation_data=(x[va], y[va]), epochs=20, verbose=2,
+              callbacks=[Deadline(deadline, lambda: model.tuner.oracle)])
+    return model.export_model(), model.tuner.oracle
+
+
+def run_kerastuner(x, y, splits, budget: float, seed: int, workdir: Path):
+    import keras
+    import keras_tuner
+
+    size = x.shape[1]
+
+    def build(hp):
+        model = keras.Sequential([keras.Input((size, size, 1))])
+        for i in range(hp.Int("conv_blocks", 2, 4)):
+            model.add(keras.layers.Conv2D(hp.Choice(f"filters_{i}", [16, 32, 64]), 3, padding="same", activation="relu"))
+            model.add(keras.layers.MaxPooling2D())
+        model.add(keras.layers.Flatten())
+        model.add(keras.layers.Dense(hp.Choice("units", [32, 64, 128]), activation="relu"))
+        model.add(keras.layers.Dropout(hp.Float("dropout", 0.0, 0.5, step=0.1)))
+        model.add(keras.layers.Dense(1, activation="sigmoid"))
+        model.compile(keras.optimizers.Adam(hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")),
+                      loss="binary_crossentropy", metrics=["accuracy"])
+        return model
+
+    tuner = keras_tuner.RandomSearch(build, objective="val_accuracy", max_trials=10_000, seed=seed,
+                                     directory=str(workdir), project_name="kerastuner", overwrite=True)
+    tr, va = splits == "train", splits == "val"
+    deadline = time.time() + budget
+    tuner.search(x[tr], y[tr], validation_data=(x[va], y[va]), epochs=10, batch_size=32, verbose=2,
+                 callbacks=[Deadline(deadline, lambda: tuner.oracle)])
+    return tuner.get_best_models(1)[0], tuner.oracle
+
+
+def anchor_process(name: str, frames: Path, budget: float, seed: int, workdir: Path) -> None:
+    """One anchor, in a process of its own: search, then probabilities for val and test."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    saved = np.load(frames)
+    x, y, splits = saved["x"][..., None], saved["y"], saved["splits"]
+    runner = run_autokeras if name == "autokeras" else run_kerastuner
+    model, oracle = runner(x, y, splits, budget, seed, workdir)
+    probs = {}
+    for split in ("val", "test"):
+        p = np.asarray(model.predict(x[splits == split], verbose=0))
+        probs[split] = p[:, -1] if p.ndim == 2 else p.ravel()  # P(positive) whether 1 or 2 output columns
+    trials = sum(t.status == "COMPLETED" for t in oracle.trials.values())
+    np.savez(workdir / "probs.npz", **probs)
+    (workdir / "info.json").write_text(json.dumps({"trials": int(trials), "params": int(model.count_params())}))
+
+
+def score(y_val, p_val, y_test, p_test) -> dict:
+    """Threshold from validation (recall >= FLOOR), then the test figures at that threshold."""
+    from nas.objective import classification_report, precision_at_recall
+
+    op = precision_at_recall(y_val, p_val, FLOOR)
+    test = classification_report(y_test, p_test, op.threshold, FLOOR)
+    return {"val_precision_at_recall": op.precision, "threshold": op.threshold, "test": test}
+
+
+def make_frames(data: Path, exp, size: int, out: Path) -> None:
+    """Every frame normalized as nas does (nas.preprocess), with the split nas makes from the experiment."""
+    from nas import data as data_mod
+    from nas.preprocess import normalize_np
+
+    d = exp["data"]
+    records = data_mod.scan(data)
+    splits = data_mod.make_split(records, tuple(d["split"]), d["seed"])
+    clip = tuple(d["clip_percentiles"])
+    x = np.stack([normalize_np(data_mod.read_frame(data / r.path), size, clip) for r in records])
+    y = np.array([r.label for r in records], dtype=np.float32)
+    np.savez(out, x=x, y=y, splits=np.array(splits), paths=np.array([r.path for r in records]))
+
+
+def run_nas(folder: Path, data: Path, experiment: Path, budget: float) -> dict:
+    results, run = folder / "results", folder / "results" / "run"
+    cmd = [sys.executable, "-m", "nas"]
+    subprocess.run([*cmd, "search", str(experiment), "--data", str(data), "--results", str(results), "--run-id", "run",
+                    "--time-budget", str(int(budget))], check=True)
+    run = next(results.glob("*/run"))
+    subprocess.run([*cmd, "export", str(run)], check=True)
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    events = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines() if line.strip()]
+    trials = sum(e["event"] == "trial_finished" for e in events)
+    return {"trials": trials, "params": card["params"], "run": str(run), "card": card}
+
+
+def check_same_split(run: Path, frames: Path) -> None:
+    """The anchors were scored on the split nas made; refuse to compare if they differ."""
+    from nas import data as data_mod
+
+    records, splits = data_mod.read_split(run / "split.csv", "positive")
+    ours = np.load(frames)
+    mine = dict(zip(ours["paths"].tolist(), ours["splits"].tolist(), strict=True))
+    theirs = {r.path: s for r, s in zip(records, splits, strict=True)}
+    if mine != theirs:
+        raise SystemExit(f"{run}/split.csv differs from the anchors' split: the comparison would be unfair")
+
+
+def run_approach(name: str, folder: Path, data: Path, frames: Path, experiment: Path, budget: float, seed: int) -> dict:
+    work = folder / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t0 = time.time()
+    if name == "nas":
+        info = run_nas(work, data, experiment, budget)
+        check_same_split(Path(info["run"]), frames)
+        t = info.pop("card")["metrics"]
+        result = {"val_precision_at_recall": t["val"]["precision_at_floor"], "threshold": None, "test": t["test"], **info}
+    else:
+        subprocess.run([sys.executable, __file__, "--anchor", name, "--frames", str(frames), "--budget-s", str(budget),
+                        "--seed", str(seed), "--workdir", str(work)], check=True)
+        saved, probs = np.load(frames), np.load(work / "probs.npz")
+        y, splits = saved["y"], saved["splits"]
+        result = {**score(y[splits == "val"], probs["val"], y[splits == "test"], probs["test"]),
+                  **json.loads((work / "info.json").read_text())}
+    result.update(approach=name, wall_s=round(time.time() - t0, 1), budget_s=budget)
+    (work / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["| approach | trials | wall (min) | val precision @ recall>=0.9 | test precision | test recall | "
+             "test weighted F1 | test PR-AUC |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        t = r["test"]
+        lines.append(f"| {name} | {r['trials']} | {r['wall_s'] / 60:.1f} | {r['val_precision_at_recall']:.3f} | "
+                     f"{t['precision']:.3f} | {t['recall']:.3f} | {t['weighted_f1']:.3f} | {t['pr_auc']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="demo frames (default 2000)")
+    ap.add_argument("--size", type=int, default=128, help="demo frame size in px (default 128)")
+    ap.add_argument("--seed", type=int, default=7, help="demo-data seed (default 7)")
+    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--budget-min", type=float, default=15.0, help="wall-clock minutes per approach (default 15)")
+    ap.add_argument("--anchor-size", type=int, default=128, help="frame size the anchors train on (default 128, "
+                    "capped at --size): their networks have no strided stem, so larger frames only slow them")
+    ap.add_argument("--experiment", type=Path, default=REPO / "experiments" / "haadf.toml")
+    ap.add_argument("--only", default=",".join(APPROACHES), help="comma-separated subset of " + ", ".join(APPROACHES))
+    ap.add_argument("--fresh", action="store_true", help="rerun approaches that have a result already")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "anchors")
+    ap.add_argument("--anchor", choices=APPROACHES[:2], help=argparse.SUPPRESS)  # internal: one anchor process
+    ap.add_argument("--frames", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--budget-s", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.anchor:
+        anchor_process(args.anchor, args.frames, args.budget_s, args.seed, args.workdir)
+        return
+    only = [a for a in args.only.split(",") if a]
+    unknown = set(only) - set(APPROACHES)
+    if unknown:
+        raise SystemExit(f"--only: unknown approach(es) {', '.join(sorted(unknown))}; expected {', '.join(APPROACHES)}")
+
+    from nas.config import load_experiment
+
+    folder = args.out / f"seed{args.seed}-n{args.n}-{args.size}px"
+    data = folder / "data"
+    if not (data / "labels.csv").is_file():
+        nas("demo-data", data, "--n", args.n, "--size", args.size, "--seed", args.seed, "--groups", args.groups)
+    exp = load_experiment(args.experiment)
+    anchor_size = min(args.anchor_size, args.size)
+    frames = folder / f"frames-{anchor_size}px.npz"
+    if not frames.is_file():
+        make_frames(data, exp, anchor_size, frames)
+    budget = args.budget_min * 60
+    results = {}
+    for name in APPROACHES:
+        kept = folder / name / "result.json"
+        if name not in only:
+            if kept.is_file():
+                results[name] = json.loads(kept.read_text())
+            continue
+        if kept.is_file() and not args.fresh and json.loads(kept.read_text()).get("budget_s") == budget:
+            print(f"{name}: reusing {kept}", file=sys.stderr)
+            results[name] = json.loads(kept.read_text())
+            continue
+        print(f"{name}: running for {args.budget_min:g} minutes", file=sys.stderr, flush=True)
+        results[name] = run_approach(name, folder, data, frames, args.experiment, budget, args.seed)
+    print(f"\n{folder.name}: {args.n} frames of {args.size} px (anchors at {anchor_size} px), "
+          f"{args.budget_min:g} minutes each, test figures at the val threshold for recall >= {FLOOR}\n")
+    print(table(results))
+    figures = {"nas_precision_at_recall": None, "nas_weighted_f1": None, "best_anchor_precision_at_recall": None,
+               "margin": None}
+    anchors = [r for n, r in results.items() if n != "nas"]
+    if "nas" in results:
+        nas_test = results["nas"]["test"]
+        figures.update(nas_precision_at_recall=round(nas_test["precision"], 4), nas_weighted_f1=round(nas_test["weighted_f1"], 4))
+        for r in anchors:
+            t = r["test"]
+            print(f"nas - {r['approach']}: test precision {nas_test['precision'] - t['precision']:+.3f}, "
+                  f"weighted F1 {nas_test['weighted_f1'] - t['weighted_f1']:+.3f}, PR-AUC {nas_test['pr_auc'] - t['pr_auc']:+.3f}")
+    if anchors:
+        best = max(r["test"]["precision"] for r in anchors)
+        figures["best_anchor_precision_at_recall"] = round(best, 4)
+        if figures["nas_precision_at_recall"] is not None:
+            figures["margin"] = round(figures["nas_precision_at_recall"] - best, 4)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()
