@@ -29,7 +29,8 @@ class Operating:
     precision: float
     recall: float
     threshold: float
-    reason: str = ""
+    reason: str = ""  # why there is no operating point (the score is then 0)
+    note: str = ""  # how the point was chosen when the requested rule could not apply
 
 
 def recall_lower_bound(recall: np.ndarray, positives: int, confidence: float) -> np.ndarray:
@@ -46,7 +47,8 @@ def precision_at_recall(y_true: np.ndarray, prob: np.ndarray, floor: float, conf
 
     With confidence > 0 a threshold qualifies only if the recall's one-sided lower bound at that
     confidence reaches the floor: a threshold tuned to exactly 0.90 recall on one validation set lands
-    below it on new frames about half the time, and further below on a new chip.
+    below it on new frames about half the time, and further below on a new chip. A validation set with
+    too few positives to ever show that falls back to the plain rule, and `note` says so.
     Ties in precision go to the higher threshold (fewer positives called). With no positives in y_true,
     or no threshold reaching the floor, the score is 0 and `reason` says why.
     """
@@ -59,13 +61,18 @@ def precision_at_recall(y_true: np.ndarray, prob: np.ndarray, floor: float, conf
     precision, recall, thresholds = precision_recall_curve(y_true, prob)
     # precision[i], recall[i] belong to thresholds[i]; the last point (recall 0) has no threshold
     precision, recall = precision[:-1], recall[:-1]
+    note = ""
+    if confidence > 0 and recall_lower_bound(np.array([1.0]), int(y_true.sum()), confidence)[0] < floor:
+        note = (f"{int(y_true.sum())} positives cannot show recall >= {floor:g} with {confidence:g} confidence; "
+                "the threshold is chosen on val recall itself")
+        confidence = 0.0
     reach = recall_lower_bound(recall, int(y_true.sum()), confidence) if confidence > 0 else recall
     ok = np.flatnonzero(reach >= floor - 1e-12)
     if ok.size == 0:
         sure = f" with {confidence:g} confidence" if confidence > 0 else ""
         return Operating(0.0, float(recall.max(initial=0.0)), 1.0, f"no threshold reaches recall {floor:g}{sure}")
     best = ok[np.flatnonzero(precision[ok] == precision[ok].max())[-1]]  # the highest such threshold
-    return Operating(float(precision[best]), float(recall[best]), float(thresholds[best]))
+    return Operating(float(precision[best]), float(recall[best]), float(thresholds[best]), note=note)
 
 
 def tie_break_value(name: str, y_true: np.ndarray, prob: np.ndarray, params: int = 0, latency_ms: float = 0.0) -> float:

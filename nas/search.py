@@ -280,7 +280,7 @@ class NasTuner(base_tuner.BaseTuner):
         _write_hparams(board, tid, SearchSpace.resolve_for_log(values), op.precision, tie, params, latency)
         return {
             "objective": op.precision, "objective_ci95": objective_interval(y_val, prob, floor, seed=int(tid), confidence=sure),
-            "recall": op.recall, "threshold": op.threshold, "reason": op.reason,
+            "recall": op.recall, "threshold": op.threshold, "reason": op.reason, "threshold_note": op.note,
             "tie_break": tie, "tie_break_name": tie_name, "pr_auc": tie_break_value("pr_auc", y_val, prob),
             "val_loss": _at_epoch(history.get("val_loss", []), log.best_epoch - initial_epoch - 1),
             "params": params, "latency_ms": round(latency, 4), "epochs_run": epochs_run,
