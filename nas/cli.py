@@ -37,7 +37,10 @@ def _trial_printer():
     elapsed time, best objective so far. The search itself prints nothing; it emits events."""
     from tqdm import tqdm
 
-    state: dict = {"best": None, "t0": time.time(), "bar": None}
+    from nas.runlog import SEARCH_T0_ENV
+
+    # a recycled worker counts from the search's start, not its own
+    state: dict = {"best": None, "t0": float(os.environ.get(SEARCH_T0_ENV) or time.time()), "bar": None}
 
     def say(text: str) -> None:
         if state["bar"] is not None:

@@ -202,6 +202,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 LOCK_PARENT_ENV = "NAS_LOCK_HELD_BY"  # set by the supervisor for its worker processes
+SEARCH_T0_ENV = "NAS_SEARCH_STARTED"  # the supervisor's start time, so a worker's "elapsed" counts from it
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from nas.config import Experiment
-from nas.runlog import LOCK_PARENT_ENV, RunDir, create_run, run_lock
+from nas.runlog import LOCK_PARENT_ENV, SEARCH_T0_ENV, RunDir, create_run, run_lock
 from nas.space import load_space
 
 RECYCLED_EXIT = 75  # a worker's "I ran my share, start the next one" (EX_TEMPFAIL)
@@ -25,18 +25,19 @@ def supervised_search(exp: Experiment, results: Path, run_id: str | None) -> tup
     run = create_run(exp, space, results, run_id)
     with run_lock(run):
         budget = exp["budget"]["time_budget"]
-        deadline = time.time() + budget if budget else 0.0
+        started = time.time()
+        deadline = started + budget if budget else 0.0
         while True:
-            code = _worker(run, exp["search"]["recycle_every"], deadline)
+            code = _worker(run, exp["search"]["recycle_every"], deadline, started)
             if code != RECYCLED_EXIT:
                 return run, code
 
 
-def _worker(run: RunDir, trials: int, deadline: float) -> int:
+def _worker(run: RunDir, trials: int, deadline: float, started: float) -> int:
     cmd = [sys.executable, "-m", "nas", "resume", str(run.path), "--worker-trials", str(trials)]
     if deadline:
         cmd += ["--deadline", repr(deadline)]
-    proc = subprocess.Popen(cmd, env={**os.environ, LOCK_PARENT_ENV: str(os.getpid())})
+    proc = subprocess.Popen(cmd, env={**os.environ, LOCK_PARENT_ENV: str(os.getpid()), SEARCH_T0_ENV: repr(started)})
     # Ctrl-C reaches the worker from the terminal; SIGTERM sent to us is passed on. Either way the worker
     # finishes its epoch, checkpoints and exits, and we wait for it.
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -130,3 +130,18 @@ def test_live_progress_bar_on_a_terminal(monkeypatch):
           "pr_auc": 0.8, "params": 100, "epochs_run": 2, "seconds": 1.0})
     assert "trials 1/2" in err.getvalue() and "best 0.750" in err.getvalue()
     assert "trial 0: val precision@recall 0.750 [0.50-1.00]" in out.getvalue()
+
+
+def test_recycled_worker_reports_elapsed_from_the_search_start(monkeypatch, capsys):
+    """A worker started by `search.recycle_every` prints time since the search began, not since it started."""
+    import time
+
+    from nas.cli import _trial_printer
+    from nas.runlog import SEARCH_T0_ENV
+
+    monkeypatch.setenv(SEARCH_T0_ENV, repr(time.time() - 1000))
+    sink = _trial_printer()
+    sink({"event": "trial_finished", "trial_id": "10", "objective": 0.5, "threshold": 0.4, "pr_auc": 0.6,
+          "params": 100, "epochs_run": 2, "seconds": 1.0})
+    elapsed = int(capsys.readouterr().out.rsplit("elapsed ", 1)[1].split("s")[0])
+    assert 1000 <= elapsed < 1100
