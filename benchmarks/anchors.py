@@ -127,13 +127,15 @@ def score(y_val, p_val, y_test, p_test, confidence: float) -> dict:
 def make_frames(data: Path, exp, size: int, out: Path) -> None:
     """Every frame normalized as nas does (nas.preprocess), with the split nas makes from the experiment."""
     from nas import data as data_mod
+    from nas import frames as frames_mod
+    from nas import splits as splits_mod
     from nas.preprocess import normalize_np
 
     d = exp["data"]
     records = data_mod.scan(data)
-    splits = data_mod.make_split(records, tuple(d["split"]), d["seed"])
+    splits = splits_mod.make_split(records, tuple(d["split"]), d["seed"])
     clip = tuple(d["clip_percentiles"])
-    x = np.stack([normalize_np(data_mod.read_frame(data / r.path), size, clip) for r in records])
+    x = np.stack([normalize_np(frames_mod.read_frame(data / r.path), size, clip) for r in records])
     y = np.array([r.label for r in records], dtype=np.float32)
     np.savez(out, x=x, y=y, splits=np.array(splits), paths=np.array([r.path for r in records]))
 
@@ -162,9 +164,9 @@ def run_nas(folder: Path, data: Path, experiment: Path, budget: float) -> dict:
 
 def check_same_split(run: Path, frames: Path) -> None:
     """The anchors were scored on the split nas made; refuse to compare if they differ."""
-    from nas import data as data_mod
+    from nas import splits as splits_mod
 
-    records, splits = data_mod.read_split(run / "split.csv", "positive")
+    records, splits = splits_mod.read_split(run / "split.csv", "positive")
     ours = np.load(frames)
     mine = dict(zip(ours["paths"].tolist(), ours["splits"].tolist(), strict=True))
     theirs = {r.path: s for r, s in zip(records, splits, strict=True)}

@@ -46,7 +46,8 @@ def plain_loop(paths: list[Path], size: int) -> float:
 
 
 def cache_build(root: Path, cache: Path) -> float:
-    from nas.data import build_cache, scan
+    from nas.cache import build_cache
+    from nas.data import scan
 
     records = scan(root)
     t0 = time.perf_counter()
@@ -58,7 +59,9 @@ def cache_build(root: Path, cache: Path) -> float:
 def epoch_rates(root: Path, cache: Path) -> tuple[float, float]:
     import tensorflow as tf
 
-    from nas.data import build_cache, make_dataset, read_frame, scan
+    from nas.cache import build_cache
+    from nas.data import make_dataset, scan
+    from nas.frames import read_frame
     from nas.preprocess import normalize_np
 
     records = scan(root)
@@ -93,7 +96,9 @@ import resource, sys, json
 from pathlib import Path
 import numpy as np
 import tensorflow as tf  # a search has TensorFlow loaded during its data stage
-from nas.data import build_cache, make_dataset, make_split, scan
+from nas.cache import build_cache  # noqa: E402
+from nas.data import make_dataset, scan  # noqa: E402
+from nas.splits import make_split  # noqa: E402
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 root, cache = Path(sys.argv[1]), Path(sys.argv[2])
 records = scan(root)

@@ -45,9 +45,11 @@ def bare_fit_seconds(run: Path, epochs: int, feed: str = "arrays") -> float:
     memory, or (feed="tfdata") through make_dataset's tf.data pipeline."""
     import keras
 
-    from nas.data import FrameStore, make_dataset, read_split
+    from nas.cache import FrameStore
+    from nas.data import make_dataset
     from nas.models import build_model
     from nas.space import load_space
+    from nas.splits import read_split
 
     records, splits = read_split(run / "split.csv", "positive")
     store = next((run.parent.parent / ".cache").glob("*/frames.npy"))

@@ -20,8 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from nas import cache as cache_mod  # noqa: E402
 from nas import config as config_mod  # noqa: E402
 from nas import data as data_mod  # noqa: E402
+from nas import splits as splits_mod  # noqa: E402
 from nas.errors import NasError  # noqa: E402
 from nas.objective import bootstrap_interval, classification_report, precision_at_recall, rank_key  # noqa: E402
 from nas.runlog import (  # noqa: E402
@@ -199,9 +201,9 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False,
             raise NasError(f"{weights}: best-epoch weights of trial {member['trial_id']} are missing")
     d = exp["data"]
     size, clip, floor = d["image_size"], tuple(d["clip_percentiles"]), exp["objective"]["recall_floor"]
-    data_mod.require_unchanged(run.split, Path(d["path"]))
-    records, splits = data_mod.read_split(run.split, d["positive"])
-    cached = data_mod.build_cache(records, Path(d["path"]), run.path.parent.parent / ".cache", size, clip, skip_bad=d["skip_bad"])
+    splits_mod.require_unchanged(run.split, Path(d["path"]))
+    records, splits = splits_mod.read_split(run.split, d["positive"])
+    cached = cache_mod.build_cache(records, Path(d["path"]), run.path.parent.parent / ".cache", size, clip, skip_bad=d["skip_bad"])
     kept = {r.path for r in cached.records}
     split_arr = np.array([s for r, s in zip(records, splits, strict=True) if r.path in kept])
     labels = cached.labels
@@ -269,7 +271,7 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False,
             "keras_file_needs": "autokeras (AutoKeras layers)" if exp["search"]["tuner"] == "autokeras" else "keras only",
             "input": {"image_size": size, "clip_percentiles": list(clip), "frames": "raw 2-D frames, any size, float32 or uint16"},
             "metrics": {"val": val, "test": test},
-            "data": data_mod.balance(labels, split_arr),
+            "data": splits_mod.balance(labels, split_arr),
             "search": {"tuner": exp["search"]["tuner"], "trials": len(trial_records(read_events(run.trials_log))),
                        "objective": "precision at recall >= floor on val", "tie_break": exp["objective"]["tie_break"]},
             "seed": {"data": d["seed"], "search": exp["search"]["seed"]},

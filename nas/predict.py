@@ -14,9 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from nas.data import FRAME_SUFFIXES, read_frame  # noqa: E402
 from nas.errors import NasError  # noqa: E402
 from nas.export import SAVED_MODEL  # noqa: E402
+from nas.frames import FRAME_SUFFIXES, read_frame  # noqa: E402
 
 FIELDS = ("path", "probability", "decision", "error")
 

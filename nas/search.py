@@ -29,8 +29,10 @@ import numpy as np  # noqa: E402
 from keras_tuner.src import utils as kt_utils  # noqa: E402
 from keras_tuner.src.engine import base_tuner  # noqa: E402
 
+from nas import cache as cache_mod  # noqa: E402
 from nas import config as config_mod  # noqa: E402
 from nas import data as data_mod  # noqa: E402
+from nas import splits as splits_mod  # noqa: E402
 from nas import stopping  # noqa: E402
 from nas.automodel import AutoKerasHyperModel, adapt_preprocessing  # noqa: E402
 from nas.checkpoint import ResumableEarlyStopping, TrialProgress, clear_checkpoint, load_checkpoint  # noqa: E402
@@ -83,7 +85,7 @@ warnings.filterwarnings("ignore", module="sklearn.gaussian_process")  # the Baye
 class TrialData:
     """What every trial trains and validates on: rows of the frame cache (the test rows are not used)."""
 
-    frames: data_mod.FrameStore
+    frames: cache_mod.FrameStore
     labels: np.ndarray
     train_rows: np.ndarray
     val_rows: np.ndarray
@@ -395,24 +397,24 @@ def warm_started(oracle, space: SearchSpace):
 
 
 def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, resume: bool,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[TrialData, data_mod.CachedData, dict]:
+                 progress: Callable[[int, int], None] | None = None) -> tuple[TrialData, cache_mod.CachedData, dict]:
     """Scan and validate the data (or re-read the frozen split on resume, refusing changed files), build
     the cache, and split. Returns the trial data, the cache, and the class balance per split."""
     d = exp["data"]
     root = Path(d["path"])
     if resume:
-        data_mod.require_unchanged(run.split, root)
-        records, splits = data_mod.read_split(run.split, d["positive"])
+        splits_mod.require_unchanged(run.split, root)
+        records, splits = splits_mod.read_split(run.split, d["positive"])
     else:
         records = data_mod.scan(root, d["positive"], d["negative"])
         splits = None
-    cached = data_mod.build_cache(records, root, cache_root, d["image_size"], tuple(d["clip_percentiles"]),
+    cached = cache_mod.build_cache(records, root, cache_root, d["image_size"], tuple(d["clip_percentiles"]),
                                   skip_bad=d["skip_bad"], progress=progress)
     if splits is None:
-        splits = data_mod.make_split(cached.records, tuple(d["split"]), d["seed"])
+        splits = splits_mod.make_split(cached.records, tuple(d["split"]), d["seed"])
         dropped = _duplicates_across_splits(cached, splits, root, d["skip_bad"])
         keep = [i for i in range(len(cached.records)) if i not in dropped]
-        data_mod.write_split(run.split, root, [cached.records[i] for i in keep], [splits[i] for i in keep],
+        splits_mod.write_split(run.split, root, [cached.records[i] for i in keep], [splits[i] for i in keep],
                              d["positive"], d["negative"])
         cached.skipped.extend((cached.records[i].path, reason) for i, reason in sorted(dropped.items()))
         splits = [s if i not in dropped else "dropped" for i, s in enumerate(splits)]
@@ -424,10 +426,10 @@ def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, r
     train_rows, val_rows = np.flatnonzero(split_arr == "train"), np.flatnonzero(split_arr == "val")
     weights = data_mod.class_weights(labels[train_rows]) if exp["training"]["class_weight"] == "auto" else None
     data = TrialData(cached.frames, labels, train_rows, val_rows, weights, dict(exp["augment"]))
-    return data, cached, data_mod.balance(labels, split_arr)
+    return data, cached, splits_mod.balance(labels, split_arr)
 
 
-def _duplicates_across_splits(cached: data_mod.CachedData, splits: list[str], root: Path, skip: bool) -> dict[int, str]:
+def _duplicates_across_splits(cached: cache_mod.CachedData, splits: list[str], root: Path, skip: bool) -> dict[int, str]:
     """The same frame in two splits would leak evaluation data into training: refuse it, or drop the copy."""
     dropped = {}
     for i, j in cached.duplicates:

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from nas import cache as cache_mod
 from nas import data
+from nas import frames as frames_mod
+from nas import splits as splits_mod
 from nas.errors import NasError
 from nas.preprocess import normalize_np, normalize_tf
 
@@ -41,7 +44,7 @@ def test_bad_frame_is_a_clear_error_naming_the_file(tmp_path, name):
     path = tmp_path / name
     write(path)
     with pytest.raises(NasError) as info:
-        data.read_frame(path)
+        frames_mod.read_frame(path)
     assert str(path) in str(info.value) and expected in str(info.value)
 
 
@@ -51,14 +54,14 @@ def test_truncated_tiff_is_refused(tmp_path):
     cut = tmp_path / "cut.tif"
     cut.write_bytes(good.read_bytes()[:3000])
     with pytest.raises(NasError, match="cut.tif"):
-        data.read_frame(cut)
+        frames_mod.read_frame(cut)
 
 
 def test_accepted_dtypes_are_read(tmp_path):
     for dtype in (np.uint8, np.uint16, np.int16, np.float32):
         p = tmp_path / f"{np.dtype(dtype).name}.tif"
         tifffile.imwrite(p, (np.arange(256).reshape(16, 16) % 100).astype(dtype))
-        assert data.read_frame(p).shape == (16, 16)
+        assert frames_mod.read_frame(p).shape == (16, 16)
 
 
 def test_labels_csv_problems_name_the_line_and_file(tmp_path):
@@ -110,35 +113,35 @@ def test_bad_tiff_stops_search_before_any_trial_or_is_skipped_and_counted(tmp_pa
 
 def test_split_is_stratified_grouped_seeded_and_persisted(tiny_data, finished_run):
     records = data.scan(tiny_data)
-    a = data.make_split(records, (0.7, 0.15, 0.15), seed=0)
-    assert a == data.make_split(records, (0.7, 0.15, 0.15), seed=0)
-    groups_in = {s: {r.group for r, x in zip(records, a, strict=True) if x == s} for s in data.SPLITS}
+    a = splits_mod.make_split(records, (0.7, 0.15, 0.15), seed=0)
+    assert a == splits_mod.make_split(records, (0.7, 0.15, 0.15), seed=0)
+    groups_in = {s: {r.group for r, x in zip(records, a, strict=True) if x == s} for s in splits_mod.SPLITS}
     assert not (groups_in["train"] & groups_in["val"] or groups_in["train"] & groups_in["test"] or groups_in["val"] & groups_in["test"])
-    for s in data.SPLITS:
+    for s in splits_mod.SPLITS:
         assert {r.label for r, x in zip(records, a, strict=True) if x == s} == {0, 1}
     ungrouped = [data.Record(r.path, r.label) for r in records]
-    b = data.make_split(ungrouped, (0.5, 0.25, 0.25), seed=4)
+    b = splits_mod.make_split(ungrouped, (0.5, 0.25, 0.25), seed=4)
     for cls in (0, 1):
         n = sum(r.label == cls for r in ungrouped)
         assert sum(r.label == cls and x == "val" for r, x in zip(ungrouped, b, strict=True)) == round(0.25 * n)
     rows = list(csv.DictReader(open(finished_run / "split.csv")))
-    assert {r["split"] for r in rows} == set(data.SPLITS) and len(rows) == len(records)
+    assert {r["split"] for r in rows} == set(splits_mod.SPLITS) and len(rows) == len(records)
 
 
 def test_cache_decodes_once_and_rebuilds_only_what_changed(tmp_path):
     root = make_folder_data(tmp_path / "d", n=5)
     records = data.scan(root)
-    first = data.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
+    first = cache_mod.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
     assert first.rebuilt == 10 and first.frames.shape == (10, 16, 16)
-    again = data.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
+    again = cache_mod.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
     assert again.rebuilt == 0
     np.testing.assert_array_equal(np.asarray(first.frames), np.asarray(again.frames))
     touched = root / records[3].path
     st = touched.stat()
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    third = data.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
+    third = cache_mod.build_cache(records, root, tmp_path / "cache", 16, (1, 99))
     assert third.rebuilt == 1
-    other = data.build_cache(records, root, tmp_path / "cache", 20, (1, 99))
+    other = cache_mod.build_cache(records, root, tmp_path / "cache", 20, (1, 99))
     assert other.rebuilt == 10 and other.frames.shape[1] == 20
 
 
@@ -146,7 +149,7 @@ def test_same_content_under_two_labels_is_refused(tmp_path):
     root = make_folder_data(tmp_path / "d", n=3)
     shutil.copy(root / "positive" / "000.tif", root / "negative" / "dup.tif")
     with pytest.raises(NasError, match="same image content"):
-        data.build_cache(data.scan(root), root, tmp_path / "cache", 16, (1, 99))
+        cache_mod.build_cache(data.scan(root), root, tmp_path / "cache", 16, (1, 99))
 
 
 @pytest.mark.parametrize("shape, size", [((48, 48), 32), ((100, 60), 32), ((700, 700), 64), ((20, 20), 32)])
@@ -163,8 +166,8 @@ def test_parallel_decode_equals_serial_and_reports_progress(tmp_path):
     root = make_folder_data(tmp_path / "d", n=40, size=20)  # 80 frames: above the parallel threshold
     records = data.scan(root)
     seen = []
-    par = data.build_cache(records, root, tmp_path / "c1", 16, (1, 99), workers=2, progress=lambda d, t: seen.append((d, t)))
-    ser = data.build_cache(records, root, tmp_path / "c2", 16, (1, 99), workers=1)
+    par = cache_mod.build_cache(records, root, tmp_path / "c1", 16, (1, 99), workers=2, progress=lambda d, t: seen.append((d, t)))
+    ser = cache_mod.build_cache(records, root, tmp_path / "c2", 16, (1, 99), workers=1)
     np.testing.assert_array_equal(np.asarray(par.frames), np.asarray(ser.frames))
     assert seen[-1] == (80, 80)
 
@@ -174,10 +177,10 @@ def test_microscope_formats_are_read_through_rosettasciio(tmp_path):
     frame = (np.arange(32 * 32).reshape(32, 32) % 97).astype(np.uint16)
     axes = [{"size": 32, "name": n, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": False} for n in "yx"]
     emd.file_writer(str(tmp_path / "f.emd"), {"data": frame, "axes": axes, "metadata": {"General": {"title": "f"}, "Signal": {}}, "original_metadata": {}})
-    np.testing.assert_array_equal(data.read_frame(tmp_path / "f.emd"), frame.astype(np.float64))
+    np.testing.assert_array_equal(frames_mod.read_frame(tmp_path / "f.emd"), frame.astype(np.float64))
     (tmp_path / "bad.dm3").write_bytes(b"\x00" * 64)
     with pytest.raises(NasError, match="bad.dm3: not a readable .dm3 file"):
-        data.read_frame(tmp_path / "bad.dm3")
+        frames_mod.read_frame(tmp_path / "bad.dm3")
 
 
 def test_augmentation_keeps_content_and_applies_to_training_only(tmp_path, tiny_data, monkeypatch):
@@ -240,5 +243,5 @@ def test_search_reports_class_balance_per_split(finished_run):
     from nas.runlog import read_events
 
     started = read_events(finished_run / "trials.jsonl")[0]
-    assert set(started["balance"]) == set(data.SPLITS)
+    assert set(started["balance"]) == set(splits_mod.SPLITS)
     assert sum(b["n"] for b in started["balance"].values()) == 60
