@@ -164,17 +164,30 @@ def _decoded(tasks: list, workers: int) -> Iterator[tuple[np.ndarray | None, str
         yield from pool.imap(_decode, tasks, chunksize=16)
 
 
-def build_cache(
-    records: list[Record],
-    root: str | Path,
-    cache_root: str | Path,
-    size: int,
-    clip: tuple[float, float],
-    *,
-    skip_bad: bool = False,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> CachedData:
+@dataclass
+class _OldCache:
+    """The cache as it stands on disk: which file identities it holds, at which rows, with which digests."""
+
+    store: FrameStore | None = None
+    rows: dict[str, int] = field(default_factory=dict)
+    digests: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def read(directory: Path) -> _OldCache:
+        index_path, frames_path = directory / "index.json", directory / "frames.npy"
+        if not (index_path.is_file() and frames_path.is_file()):
+            return _OldCache()
+        try:
+            index = json.loads(index_path.read_text())
+            return _OldCache(FrameStore(frames_path), {ident: i for i, ident in enumerate(index["identities"])},
+                             index["digests"])
+        except (ValueError, KeyError, OSError):
+            return _OldCache()  # a damaged cache is rebuilt, never trusted
+
+
+def build_cache(records: list[Record], root: str | Path, cache_root: str | Path, size: int, clip: tuple[float, float], *,
+                skip_bad: bool = False, workers: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> CachedData:
     """Decode and normalize every frame once into `cache_root/<key>/frames.npy`, reusing unchanged rows.
 
     A row is reused when the file's path, size and mtime match the cached entry. Rows stream into a new
@@ -184,71 +197,77 @@ def build_cache(
     root = Path(root)
     directory = Path(cache_root) / cache_key(root, size, clip)
     directory.mkdir(parents=True, exist_ok=True)
-    index_path, frames_path = directory / "index.json", directory / "frames.npy"
-    old_rows: dict[str, int] = {}
-    old_digests: list[str] = []
-    old = None
-    if index_path.is_file() and frames_path.is_file():
-        try:
-            index = json.loads(index_path.read_text())
-            old_rows = {ident: i for i, ident in enumerate(index["identities"])}
-            old_digests = index["digests"]
-            old = FrameStore(frames_path)
-        except (ValueError, KeyError, OSError):
-            old_rows, old = {}, None  # a damaged cache is rebuilt, never trusted
+    old = _OldCache.read(directory)
     identities = [identity(root, r) for r in records]
-    todo = [i for i, ident in enumerate(identities) if ident not in old_rows]
-    if not todo and old is not None and list(old_rows) == identities:
-        return CachedData(old, list(records), [], 0, directory, _duplicates(root, records, old_digests, range(len(records))))
+    todo = [i for i, ident in enumerate(identities) if ident not in old.rows]
+    if not todo and old.store is not None and list(old.rows) == identities:
+        return CachedData(old.store, list(records), [], 0, directory, _duplicates(root, records, old.digests, range(len(records))))
     workers = workers if workers is not None else max(1, min(os.cpu_count() or 1, 8))
     tmp = directory / f"frames.{os.getpid()}.tmp.npy"
+    try:
+        digests, bad = _write_rows(tmp, records, identities, todo, old, root, size, clip, skip_bad, workers, progress)
+        keep = [i for i in range(len(records)) if i not in bad]
+        duplicates = _duplicates(root, records, digests, keep)
+        if bad:
+            _compact(tmp, keep, size)
+            position = {i: row for row, i in enumerate(keep)}
+            duplicates = [(position[a], position[b]) for a, b in duplicates]
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    frames_path = directory / "frames.npy"
+    os.replace(tmp, frames_path)
+    _write_json(directory / "index.json", {"identities": [identities[i] for i in keep], "digests": [digests[i] for i in keep],
+                                           "size": size, "clip": list(clip)})
+    return CachedData(FrameStore(frames_path), [records[i] for i in keep],
+                      [(records[i].path, bad[i]) for i in sorted(bad)], len(todo) - len(bad), directory, duplicates)
+
+
+def _write_rows(tmp: Path, records: list[Record], identities: list[str], todo: list[int], old: _OldCache, root: Path,
+                size: int, clip: tuple[float, float], skip_bad: bool, workers: int,
+                progress: Callable[[int, int], None] | None) -> tuple[list[str], dict[int, str]]:
+    """Every row into a new store file, in order: copied from the old cache, or freshly decoded. Returns the
+    rows' content digests and the bad frames (row -> why; raised unless skip_bad)."""
     writer = FrameStore.create(tmp, len(records), size)
     digests: list[str] = [""] * len(records)
     bad: dict[int, str] = {}
+    done = 0
     try:
         fresh = iter(zip(todo, _decoded([(str(root / records[i].path), size, clip) for i in todo], workers), strict=True))
-        done = 0
         for i in range(len(records)):
-            if identities[i] in old_rows:
-                j = old_rows[identities[i]]
-                writer.write(i, old[j])
-                digests[i] = old_digests[j]
+            if identities[i] in old.rows:
+                j = old.rows[identities[i]]
+                writer.write(i, old.store[j])
+                digests[i] = old.digests[j]
                 continue
             _, (frame, error) = next(fresh)
             done += 1
+            if error and not skip_bad:
+                raise NasError(error)
             if error:
-                if not skip_bad:
-                    raise NasError(error)
                 bad[i] = error
             else:
                 writer.write(i, frame)
                 digests[i] = _digest(frame)
             if progress:
                 progress(done, len(todo))
-        keep = [i for i in range(len(records)) if i not in bad]
-        duplicates = _duplicates(root, records, digests, keep)
-        if bad:  # compact: drop the rows of skipped frames, a row at a time
-            writer.close()
-            written = FrameStore(tmp)
-            tmp2 = directory / f"frames.{os.getpid()}.tmp2.npy"
-            compact = FrameStore.create(tmp2, len(keep), size)
-            for row, i in enumerate(keep):
-                compact.write(row, written[i])
-            compact.close()
-            del written
-            os.replace(tmp2, tmp)
-            position = {i: row for row, i in enumerate(keep)}
-            duplicates = [(position[a], position[b]) for a, b in duplicates]
-        writer.close()
     except BaseException:
         writer.close(sync=False)
-        tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, frames_path)
-    _write_json(index_path, {"identities": [identities[i] for i in keep], "digests": [digests[i] for i in keep],
-                             "size": size, "clip": list(clip)})
-    return CachedData(FrameStore(frames_path), [records[i] for i in keep],
-                      [(records[i].path, bad[i]) for i in sorted(bad)], len(todo) - len(bad), directory, duplicates)
+    writer.close()
+    return digests, bad
+
+
+def _compact(path: Path, keep: list[int], size: int) -> None:
+    """Drop the rows of skipped frames from a store file, a row at a time."""
+    written = FrameStore(path)
+    tmp2 = path.with_name(path.name + ".compact.npy")
+    compact = FrameStore.create(tmp2, len(keep), size)
+    for row, i in enumerate(keep):
+        compact.write(row, written[i])
+    compact.close()
+    del written
+    os.replace(tmp2, path)
 
 
 def _duplicates(root: Path, records: list[Record], digests: list[str], keep: Iterable[int]) -> list[tuple[int, int]]:

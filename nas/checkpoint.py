@@ -20,6 +20,8 @@ import keras
 from nas import stopping
 from nas.models import PR_AUC_METRIC, PRECISION_METRIC
 from nas.runlog import atomic_write_json
+from nas.stopwatch import Stopwatch
+from nas.trial import Event
 
 CHECKPOINT = "checkpoint.json"
 
@@ -64,18 +66,22 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class TrialProgress(keras.callbacks.Callback):
-    """Per epoch: log the epoch, track the best epoch, write the checkpoint, honour deadline and stop."""
+    """Per epoch: log the epoch, track the best epoch (when selecting on validation), write the checkpoint
+    (at most every `every_s` seconds, and always before a stop), honour the deadline and a stop request."""
 
-    def __init__(self, emit: Callable[..., None], trial_id: str, folder: Path, deadline: float | None,
-                 early: ResumableEarlyStopping | None = None, restored: dict[str, Any] | None = None):
+    def __init__(self, emit: Callable[..., None], trial_id: str, folder: Path, deadline: float | None, *,
+                 early: ResumableEarlyStopping | None = None, restored: dict[str, Any] | None = None,
+                 track_best: bool = True, fold: int | None = None, every_s: float = 0.0, clock: Stopwatch | None = None):
         super().__init__()
         self.emit, self.trial_id, self.folder, self.deadline, self.early = emit, trial_id, folder, deadline, early
+        self.track_best, self.fold, self.every_s, self.clock = track_best, fold, every_s, clock or Stopwatch()
         self.best_key: tuple[float, float] | None = tuple(restored["best_key"]) if restored and restored.get("best_key") else None
         self.best_epoch = restored["best_epoch"] if restored else 0
         self.best_file = restored.get("best") if restored else None
         self.best_weights = None
         self.out_of_time = False
         self.stopped_by: str | None = None
+        self.last_save = time.monotonic()
 
     def on_train_begin(self, logs=None):
         if self.best_file and (self.folder / self.best_file).is_file():
@@ -86,21 +92,33 @@ class TrialProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        self.emit("epoch", trial_id=self.trial_id, epoch=epoch + 1, **logs)
-        key = (logs.get(f"val_{PRECISION_METRIC}", 0.0), logs.get(f"val_{PR_AUC_METRIC}", 0.0))
-        if not all(map(math.isfinite, key)):
-            key = (-1.0, -1.0)
-        improved = self.best_key is None or key > self.best_key
-        if improved:
-            self.best_key, self.best_epoch = key, epoch + 1
-            self.best_weights = self.model.get_weights()
-        self._save(epoch + 1, improved)
+        where = {"fold": self.fold} if self.fold is not None else {}
+        self.emit(Event.EPOCH, trial_id=self.trial_id, **where, epoch=epoch + 1, **logs)
+        improved = self._track(epoch, logs)
         if self.deadline is not None and time.time() >= self.deadline:
             self.out_of_time = True
             self.model.stop_training = True
         if stopping.requested():
             self.stopped_by = stopping.requested()
             self.model.stop_training = True
+        if self.model.stop_training or improved or time.monotonic() - self.last_save >= self.every_s:
+            with self.clock.phase("checkpoint"):
+                self._save(epoch + 1, improved)
+            self.last_save = time.monotonic()
+
+    def _track(self, epoch: int, logs: dict[str, float]) -> bool:
+        """Whether this epoch is the best so far by the val metric (then its weights are kept in memory)."""
+        if not self.track_best:
+            self.best_epoch = epoch + 1
+            return False
+        key = (logs.get(f"val_{PRECISION_METRIC}", 0.0), logs.get(f"val_{PR_AUC_METRIC}", 0.0))
+        if not all(map(math.isfinite, key)):
+            key = (-1.0, -1.0)
+        if self.best_key is not None and key <= self.best_key:
+            return False
+        self.best_key, self.best_epoch = key, epoch + 1
+        self.best_weights = self.model.get_weights()
+        return True
 
     def _save(self, epoch: int, improved: bool) -> None:
         model_file = f"ckpt-{epoch}.keras"

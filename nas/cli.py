@@ -5,95 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from nas import __version__
+from nas.console import TrialPrinter, progress
 from nas.errors import NasError, Recycled, Stopped
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-def _progress(desc: str):
-    """A tqdm bar on stderr, created on first call; silent when stderr is not a terminal and in tests."""
-    from tqdm import tqdm
-
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False,
-                                disable=not sys.stderr.isatty())
-        bar = state["bar"]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update
-
-
-def _trial_printer():
-    """One line per trial on stdout, and on a terminal a live bar on stderr: trials done of the budget,
-    elapsed time, best objective so far. The search itself prints nothing; it emits events."""
-    from tqdm import tqdm
-
-    from nas.runlog import SEARCH_T0_ENV
-
-    # a recycled worker counts from the search's start, not its own
-    state: dict = {"best": None, "t0": float(os.environ.get(SEARCH_T0_ENV) or time.time()), "bar": None}
-
-    def say(text: str) -> None:
-        if state["bar"] is not None:
-            state["bar"].clear()
-        print(text, file=sys.stdout, flush=True)
-        if state["bar"] is not None:
-            state["bar"].refresh()
-
-    def advance() -> None:
-        bar = state["bar"]
-        if bar is not None:
-            bar.update(1)
-            if state["best"] is not None:
-                bar.set_postfix_str(f"best {state['best']:.3f}")
-
-    def sink(ev: dict) -> None:
-        kind = ev["event"]
-        if kind == "search_started":
-            state["best"] = ev.get("best")
-            state["bar"] = tqdm(total=ev["max_trials"], initial=ev.get("done", 0), desc="trials", unit="trial",
-                                file=sys.stderr, leave=False, disable=not sys.stderr.isatty(),
-                                bar_format="{desc} {n}/{total} |{bar}| {elapsed} {postfix}")
-            say(f"search: {ev['tuner']} over {ev['space']}, up to {ev['max_trials']} trials; "
-                f"{ev['train']} train / {ev['val']} val frames"
-                + (f"; {ev['skipped']} bad frames skipped" if ev["skipped"] else "")
-                + (" (resumed)" if ev["resumed"] else ""))
-            parts = [f"{s} {b['n']} ({100 * b['positives'] / max(b['n'], 1):.0f}% positive)" for s, b in ev["balance"].items()]
-            say(f"data: {', '.join(parts)}; {ev['decoded']} frames decoded, the rest from the cache")
-        elif kind == "trial_finished" and ev.get("feasible") is False:
-            say(f"trial {ev['trial_id']}: {ev['reason']} ({ev['params']} params); not trained")
-            advance()
-        elif kind == "trial_finished":
-            obj = ev["objective"]
-            if state["best"] is None or obj > state["best"]:
-                state["best"] = obj
-            note = f"  [{ev['reason']}]" if ev.get("reason") else ""
-            lo, hi = ev.get("objective_ci95") or (obj, obj)
-            say(f"trial {ev['trial_id']}: val precision@recall {obj:.3f} [{lo:.2f}-{hi:.2f}] (thr {ev['threshold']:.3g}, "
-                f"PR-AUC {ev['pr_auc']:.3f}), {ev['params']} params, {ev['epochs_run']} ep, {ev['seconds']:.1f}s | "
-                f"best {state['best']:.3f} | elapsed {time.time() - state['t0']:.0f}s{note}")
-            advance()
-        elif kind == "trial_failed":
-            say(f"trial {ev['trial_id']}: FAILED: {ev['reason'].splitlines()[0][:200]}")
-            advance()
-        elif kind == "trial_interrupted":
-            say(f"trial {ev['trial_id']}: interrupted ({ev['reason']}); 'nas resume' continues it")
-        elif kind == "search_ended":
-            if state["bar"] is not None:
-                state["bar"].close()
-                state["bar"] = None
-            say(f"search ended: {ev['reason']}")
-
-    return sink
 
 
 def cmd_demo_data(args) -> int:
@@ -140,30 +58,29 @@ def _chief_address(args) -> tuple[str, int] | None:
 def cmd_search(args) -> int:
     exp = _experiment(args)
     chief = _chief_address(args)
-    if exp["search"]["recycle_every"] and not chief:
+    if exp.search.recycle_every and not chief:
         from nas.workers import supervised_search
 
         run, code = supervised_search(exp, Path(args.results), args.run_id)
         if code == 0:
             print(f"run folder: {run.path}")
         return code
-    from nas.search import start_search
+    from nas.search import Session, start_search
 
     if chief:
         print(f"chief: oracle on {chief[0]}:{chief[1]}; join with 'nas worker RUN' (RUN = the run folder below)", flush=True)
-    run = start_search(exp, Path(args.results), args.run_id, sink=_trial_printer(), progress=_progress("caching frames"),
-                       chief=chief, workers=args.workers or 0)
+    session = Session(sink=TrialPrinter(), progress=progress("caching frames"), chief=chief, workers=args.workers or 0)
+    run = start_search(exp, Path(args.results), args.run_id, session)
     print(f"run folder: {run.path}")
     return 0
 
 
 def cmd_resume(args) -> int:
-    from nas.search import resume_search
+    from nas.search import Session, resume_search
 
-    run = resume_search(Path(args.run), max_trials=args.max_trials, time_budget=args.time_budget,
-                        sink=_trial_printer(), progress=_progress("caching frames"),
-                        worker_trials=args.worker_trials, deadline=args.deadline,
-                        chief=_chief_address(args), workers=args.workers or 0)
+    session = Session(sink=TrialPrinter(), progress=progress("caching frames"), deadline=args.deadline,
+                      worker_trials=args.worker_trials, chief=_chief_address(args), workers=args.workers or 0)
+    run = resume_search(Path(args.run), max_trials=args.max_trials, time_budget=args.time_budget, session=session)
     if not args.worker_trials:  # a worker's supervisor says it once at the end
         print(f"run folder: {run.path}")
     return 0
@@ -174,7 +91,7 @@ def cmd_worker(args) -> int:
     from nas.search import worker_search
 
     chief = parse_address(args.chief) if args.chief else None
-    run = worker_search(Path(args.run), chief, args.tuner_id, sink=_trial_printer())
+    run = worker_search(Path(args.run), chief, args.tuner_id, sink=TrialPrinter())
     print(f"worker done: {run.path}")
     return 0
 
@@ -214,7 +131,7 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     from nas.predict import predict, write_csv
 
-    rows = predict(args.export, args.paths, threshold=args.threshold, batch=args.batch, progress=_progress("classifying"))
+    rows = predict(args.export, args.paths, threshold=args.threshold, batch=args.batch, progress=progress("classifying"))
     counts = write_csv(rows, Path(args.out) if args.out else None, sys.stdout)
     print(f"{counts['frames']} frames: {counts['positive']} positive, {counts['errors']} unreadable"
           + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
@@ -226,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the objective is validation precision at a fixed recall floor.")
     p.add_argument("--version", action="version", version=f"stem-nas {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    _data_commands(sub)
+    _search_commands(sub)
+    _model_commands(sub)
+    return p
 
+
+def _data_commands(sub) -> None:
     d = sub.add_parser("demo-data", help="simulate a HAADF megalibrary data set (16-bit TIFFs + labels.csv)")
     d.add_argument("out")
     d.add_argument("--n", type=int, default=400, help="number of frames (default 400)")
@@ -235,24 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--groups", type=int, default=8, help="chips/sessions; splits never mix them (default 8)")
     d.set_defaults(func=cmd_demo_data)
 
-    def distributed_args(sp):
-        sp.add_argument("--chief", action="store_true", help="serve the oracle for workers ('nas worker RUN')")
-        sp.add_argument("--bind", metavar="HOST:PORT", help="where the oracle listens (default 127.0.0.1, a free port)")
-        sp.add_argument("--allow-remote", action="store_true", help="allow --bind beyond loopback (the oracle is unauthenticated)")
-        sp.add_argument("--workers", type=int, help="start N local workers and serve them as chief")
 
-    def experiment_args(sp):
-        sp.add_argument("experiment", help="experiment TOML file")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. --set objective.recall_floor=0.95 (repeatable)")
+def _distributed_args(sp) -> None:
+    sp.add_argument("--chief", action="store_true", help="serve the oracle for workers ('nas worker RUN')")
+    sp.add_argument("--bind", metavar="HOST:PORT", help="where the oracle listens (default 127.0.0.1, a free port)")
+    sp.add_argument("--allow-remote", action="store_true", help="allow --bind beyond loopback (the oracle is unauthenticated)")
+    sp.add_argument("--workers", type=int, help="start N local workers and serve them as chief")
 
+
+def _search_commands(sub) -> None:
     s = sub.add_parser("search", help="run an architecture search; prints the run folder")
-    experiment_args(s)
+    s.add_argument("experiment", help="experiment TOML file")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. --set objective.recall_floor=0.95 (repeatable)")
     s.add_argument("--data", help="data folder (overrides data.path)")
     s.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
     s.add_argument("--max-trials", type=int)
     s.add_argument("--time-budget", type=float, help="seconds; the search ends cleanly when it runs out")
     s.add_argument("--results", default="results", help="results folder (default results/)")
-    distributed_args(s)
+    _distributed_args(s)
     s.set_defaults(func=cmd_search)
 
     r = sub.add_parser("resume", help="continue an interrupted or finished search, optionally with a larger budget")
@@ -261,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-budget", type=float)
     r.add_argument("--worker-trials", type=int, help=argparse.SUPPRESS)  # set by the worker supervisor
     r.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
-    distributed_args(r)
+    _distributed_args(r)
     r.set_defaults(func=cmd_resume)
 
     w = sub.add_parser("worker", help="join a distributed search: ask its chief for trials and run them")
@@ -270,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--tuner-id", help="this worker's name; restart a dead worker under its name to continue its trial")
     w.set_defaults(func=cmd_worker)
 
+
+def _model_commands(sub) -> None:
     e = sub.add_parser("export", help="export the best trial: SavedModel, model.keras, model card, trial log")
     e.add_argument("run")
     e.add_argument("--trial", help="export this trial instead of the best")
@@ -300,7 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
     pr.add_argument("--batch", type=int, default=16)
     pr.set_defaults(func=cmd_predict)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

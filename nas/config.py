@@ -1,15 +1,18 @@
 """Experiment configuration: a TOML file, validated against one schema, overridable with --set.
 
-Every key the tool understands is declared once in SCHEMA with its type, default and constraint, so an
-unknown key, a wrong type or an impossible value is one clear error that names the file and the key.
+Every key is declared once, as a field of its section's frozen dataclass (type, default, check, help), so
+an unknown key, a wrong type or an impossible value is one clear error naming the file and the key, and
+code receives typed sections (`exp.objective.recall_floor`), never the raw table.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tomllib
+import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +22,20 @@ from nas.errors import NasError
 
 TUNERS = ("random", "bayesian", "hyperband", "autokeras")
 TIE_BREAKS = ("pr_auc", "roc_auc", "neg_params", "neg_latency_ms")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+_REQUIRED = object()
 
 
-@dataclass(frozen=True)
-class Key:
-    """One config key: its type, default, and a check that returns an error text or None."""
-
-    types: tuple[type, ...]
-    default: Any
-    check: Callable[[Any], str | None] | None = None
-    help: str = ""
+def key(default: Any = _REQUIRED, check: Callable[[Any], str | None] | None = None, help: str = ""):
+    """One config key: its default (none: required), a check returning an error text or None, a help line."""
+    meta = {"check": check, "help": help}
+    return field(metadata=meta) if default is _REQUIRED else field(default=default, metadata=meta)
 
 
 def _between(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
     def check(v):
-        bad_lo = v <= lo if lo_open else v < lo
-        bad_hi = v >= hi if hi_open else v > hi
-        if bad_lo or bad_hi:
-            left = "(" if lo_open else "["
-            right = ")" if hi_open else "]"
-            return f"expected a value in {left}{lo}, {hi}{right}, got {v!r}"
+        if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+            return f"expected a value in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {v!r}"
         return None
 
     return check
@@ -46,148 +43,214 @@ def _between(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Fal
 
 def _one_of(options: Iterable[str]):
     options = tuple(options)
-
-    def check(v):
-        return None if v in options else f"expected one of {', '.join(options)}, got {v!r}"
-
-    return check
+    return lambda v: None if v in options else f"expected one of {', '.join(options)}, got {v!r}"
 
 
-def _nonneg(v):
-    return None if v >= 0 else f"expected a value >= 0, got {v!r}"
+def _at_least(lo: float):
+    return lambda v: None if v >= lo else f"expected a value >= {lo:g}, got {v!r}"
 
 
-def _positive(v):
-    return None if v > 0 else f"expected a value > 0, got {v!r}"
+_nonneg, _positive = _at_least(0), (lambda v: None if v > 0 else f"expected a value > 0, got {v!r}")
+
+
+def _numbers(v, n: int, what: str) -> str | None:
+    if len(v) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return f"expected {what}, got {list(v)!r}"
+    return None
 
 
 def _split_fractions(v):
-    if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-        return f"expected three numbers [train, val, test], got {v!r}"
+    if problem := _numbers(v, 3, "three numbers [train, val, test]"):
+        return problem
     if any(x <= 0 for x in v):
-        return f"every fraction must be > 0, got {v!r}"
+        return f"every fraction must be > 0, got {list(v)!r}"
     if abs(sum(v) - 1.0) > 1e-6:
-        return f"fractions must sum to 1, got {v!r} (sum {sum(v):g})"
+        return f"fractions must sum to 1, got {list(v)!r} (sum {sum(v):g})"
     return None
 
 
 def _percentiles(v):
-    if len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-        return f"expected two numbers [low, high], got {v!r}"
-    lo, hi = v
-    if not 0 <= lo < hi <= 100:
-        return f"expected 0 <= low < high <= 100, got {v!r}"
-    return None
+    if problem := _numbers(v, 2, "two numbers [low, high]"):
+        return problem
+    return None if 0 <= v[0] < v[1] <= 100 else f"expected 0 <= low < high <= 100, got {list(v)!r}"
 
 
 def _image_size(v):
     return None if 16 <= v <= 1024 else f"expected an input size in pixels between 16 and 1024, got {v!r}"
 
 
-NUM = (int, float)
-SCHEMA: dict[str, dict[str, Key]] = {
-    "experiment": {
-        "name": Key((str,), None, lambda v: None if v.strip() and "/" not in v else "expected a non-empty name without '/'", "name of the experiment; runs go to results/<name>/"),
-        "description": Key((str,), ""),
-    },
-    "data": {
-        "path": Key((str,), None, None, "folder with class folders or a labels.csv"),
-        "positive": Key((str,), "positive", None, "label (or folder) name of the positive class"),
-        "negative": Key((str,), "negative", None, "label (or folder) name of the negative class"),
-        "image_size": Key((int,), 64, _image_size, "square input size the frames are resized to"),
-        "split": Key((list,), [0.7, 0.15, 0.15], _split_fractions, "train/val/test fractions"),
-        "seed": Key((int,), 0, None, "seed of the split"),
-        "clip_percentiles": Key((list,), [0.5, 99.5], _percentiles, "intensity clip before scaling to [0, 1]"),
-        "skip_bad": Key((bool,), False, None, "skip unreadable or invalid frames (counted in the log) instead of stopping"),
-    },
-    "search": {
-        "space": Key((str,), None, None, "search-space YAML file"),
-        "tuner": Key((str,), "random", _one_of(TUNERS)),
-        "seed": Key((int,), 1, None, "seed of the tuner and of model initialisation"),
-        "batch_size": Key((int,), 32, _positive),
-        "max_consecutive_failures": Key((int,), 3, _positive),
-        "distribution": Key((str,), "none", _one_of(("none", "mirrored")), "mirrored: each trial on all local GPUs with tf.distribute.MirroredStrategy"),
-        "recycle_every": Key((int,), 0, _nonneg, "run trials in worker processes replaced every K trials (TF leaks ~10 MB per fit); 0: in this process"),
-        "hyperband_factor": Key((int,), 3, lambda v: None if v >= 2 else f"expected >= 2, got {v!r}"),
-        "bayesian_initial_points": Key((int,), 2, _positive),
-    },
-    "objective": {
-        "recall_floor": Key(NUM, 0.9, _between(0.0, 1.0, lo_open=True), "recall the threshold must reach on validation data"),
-        "recall_confidence": Key(NUM, 0.0, _between(0.0, 0.999), "0: val recall itself must reach the floor; e.g. 0.9: "
-                                 "its one-sided 90% lower bound must (a threshold that holds its recall on new frames)"),
-        "tie_break": Key((str,), "pr_auc", _one_of(TIE_BREAKS), "second figure that orders trials with equal objective"),
-    },
-    "budget": {
-        "max_trials": Key((int,), 6, _positive),
-        "epochs": Key((int,), 4, _positive),
-        "time_budget": Key(NUM, 0, _nonneg, "seconds; 0 means no time limit"),
-    },
-    "training": {
-        "early_stopping_patience": Key((int,), 0, _nonneg, "epochs without improvement before a trial stops; 0 disables"),
-        "class_weight": Key((str,), "auto", _one_of(("auto", "none"))),
-    },
-    "constraints": {
-        "max_params": Key((int,), 0, _nonneg, "trials with more parameters are infeasible and never win; 0: no limit"),
-        "max_latency_ms": Key(NUM, 0.0, _nonneg, "trials slower per frame at batch 1 are infeasible; 0: no limit"),
-    },
-    "augment": {
-        "flips": Key((bool,), False, None, "random horizontal and vertical flips (label-preserving for HAADF frames)"),
-        "rot90": Key((bool,), False, None, "random 90-degree rotations (label-preserving)"),
-        "shift": Key(NUM, 0.0, _between(0.0, 0.25), "largest random shift, as a fraction of the frame; can push a particle out of frame"),
-        "intensity": Key(NUM, 0.0, _between(0.0, 0.5), "random contrast and brightness jitter, as a fraction"),
-        "noise": Key(NUM, 0.0, _between(0.0, 0.5), "extra shot-like noise: std at full intensity, scaling with sqrt(intensity)"),
-    },
-    "export": {
-        "bootstrap": Key((int,), 1000, _nonneg, "bootstrap resamples for the test intervals"),
-    },
-}
-REQUIRED = {("experiment", "name"), ("data", "path"), ("search", "space")}
+def _folds(v):
+    return None if v == 0 or 2 <= v <= 20 else f"expected 0 (one train/val split) or 2 to 20 folds, got {v!r}"
 
 
-def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and bool not in types:
-        return False  # TOML true is not a number here
-    return isinstance(value, types)
+@dataclass(frozen=True, kw_only=True)
+class ExperimentSection:
+    name: str = key(check=lambda v: None if v.strip() and "/" not in v else "expected a non-empty name without '/'",
+                    help="name of the experiment; runs go to results/<name>/")
+    description: str = key("")
 
 
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    path: str = key(help="folder with class folders or a labels.csv")
+    positive: str = key("positive", help="label (or folder) name of the positive class")
+    negative: str = key("negative", help="label (or folder) name of the negative class")
+    image_size: int = key(64, _image_size, "square input size the frames are resized to")
+    split: tuple[float, ...] = key((0.7, 0.15, 0.15), _split_fractions, "train/val/test fractions")
+    seed: int = key(0, help="seed of the split")
+    clip_percentiles: tuple[float, ...] = key((0.5, 99.5), _percentiles, "intensity clip before scaling to [0, 1]")
+    skip_bad: bool = key(False, help="skip unreadable or invalid frames (counted in the log) instead of stopping")
 
 
-def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
-    """Check a parsed config against SCHEMA and fill defaults; raise NasError naming source and key."""
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    space: str = key(help="search-space YAML file")
+    tuner: str = key("random", _one_of(TUNERS))
+    seed: int = key(1, help="seed of the tuner and of model initialisation")
+    batch_size: int = key(32, _positive)
+    max_consecutive_failures: int = key(3, _positive)
+    distribution: str = key("none", _one_of(("none", "mirrored")),
+                            "mirrored: each trial on all local GPUs with tf.distribute.MirroredStrategy")
+    recycle_every: int = key(0, _nonneg, "run trials in worker processes replaced every K trials; 0: in this process")
+    hyperband_factor: int = key(3, _at_least(2))
+    bayesian_initial_points: int = key(2, _positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectiveConfig:
+    recall_floor: float = key(0.9, _between(0.0, 1.0, lo_open=True), "recall the threshold must reach on validation data")
+    recall_confidence: float = key(0.0, _between(0.0, 0.999), "0: val recall itself must reach the floor; e.g. 0.9: "
+                                   "its one-sided 90% lower bound must (a threshold that holds its recall on new frames)")
+    tie_break: str = key("pr_auc", _one_of(TIE_BREAKS), "second figure that orders trials with equal objective")
+    folds: int = key(0, _folds, "0: one train/val split; K: K-fold cross-validated selection over train+val, "
+                     "grouped by the group column, each trial scored on its pooled out-of-fold probabilities")
+    racing: bool = key(True, help="under cross-validation, stop a trial after a fold once it cannot beat the incumbent")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetConfig:
+    max_trials: int = key(6, _positive)
+    epochs: int = key(4, _positive)
+    time_budget: float = key(0, _nonneg, "seconds; 0 means no time limit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    early_stopping_patience: int = key(0, _nonneg, "epochs without improvement before a trial stops; 0 disables")
+    class_weight: str = key("auto", _one_of(("auto", "none")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstraintsConfig:
+    max_params: int = key(0, _nonneg, "trials with more parameters are infeasible and never win; 0: no limit")
+    max_latency_ms: float = key(0.0, _nonneg, "trials slower per frame at batch 1 are infeasible; 0: no limit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    flips: bool = key(False, help="random horizontal and vertical flips (label-preserving for HAADF frames)")
+    rot90: bool = key(False, help="random 90-degree rotations (label-preserving)")
+    shift: float = key(0.0, _between(0.0, 0.25), "largest random shift, as a fraction of the frame; can push a particle out of frame")
+    intensity: float = key(0.0, _between(0.0, 0.5), "random contrast and brightness jitter, as a fraction")
+    noise: float = key(0.0, _between(0.0, 0.5), "extra shot-like noise: std at full intensity, scaling with sqrt(intensity)")
+
+    def active(self) -> bool:
+        return any(dataclasses.astuple(self))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    bootstrap: int = key(1000, _nonneg, "bootstrap resamples for the test intervals")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment: one typed section per TOML table; functions take the section they use."""
+
+    experiment: ExperimentSection
+    data: DataConfig
+    search: SearchConfig
+    objective: ObjectiveConfig
+    budget: BudgetConfig
+    training: TrainingConfig
+    constraints: ConstraintsConfig
+    augment: AugmentConfig
+    export: ExportConfig
+    source: str = ""
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    @property
+    def values(self) -> dict[str, dict[str, Any]]:
+        """The full table, defaults filled in, as TOML would hold it."""
+        return {s: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(self, s)).items()}
+                for s in SECTIONS}
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.values)
+
+    def with_values(self, section: str, key: str, value: Any) -> Experiment:
+        raw = copy.deepcopy(self.values)
+        raw[section][key] = value
+        return build(raw, self.source, self.overrides)
+
+
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Experiment)[f.name] for f in dataclasses.fields(Experiment)
+                             if f.name not in ("source", "overrides")}
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list"}
+
+
+def _accepted(annotation: Any) -> tuple[type, ...]:
+    """The Python types a TOML value may have for a field of this annotation."""
+    if annotation is float:
+        return (int, float)
+    if typing.get_origin(annotation) is tuple:
+        return (list, tuple)
+    return (annotation,)
+
+
+def _check_key(source: str, section: str, name: str, f: dataclasses.Field, annotation: Any, value: Any) -> Any:
+    types = _accepted(annotation)
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types if t is not tuple)
+        raise NasError(f"{source}: {section}.{name} must be a {names}, got {value!r}")
+    if (check := f.metadata.get("check")) and (problem := check(value)):
+        raise NasError(f"{source}: {section}.{name}: {problem}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _section(source: str, section: str, table: dict[str, Any]) -> Any:
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for name in table:
+        if name not in known:
+            raise NasError(f"{source}: unknown key {section}.{name}; expected one of: {', '.join(known)}")
+    values = {}
+    for name, f in known.items():
+        if name in table:
+            values[name] = _check_key(source, section, name, f, hints[name], table[name])
+        elif f.default is dataclasses.MISSING:
+            raise NasError(f"{source}: missing required key {section}.{name}")
+    return cls(**values)
+
+
+def build(raw: dict[str, Any], source: str, overrides: Iterable[str] = ()) -> Experiment:
+    """Check a parsed config, fill defaults, and return the typed Experiment; NasError names source and key."""
     if not isinstance(raw, dict):
         raise NasError(f"{source}: expected a TOML table at the top level")
-    out: dict[str, dict[str, Any]] = {}
     for section, table in raw.items():
-        if section not in SCHEMA:
-            raise NasError(f"{source}: unknown section [{section}]; expected one of: {', '.join(SCHEMA)}")
+        if section not in SECTIONS:
+            raise NasError(f"{source}: unknown section [{section}]; expected one of: {', '.join(SECTIONS)}")
         if not isinstance(table, dict):
             raise NasError(f"{source}: [{section}] must be a table, got {type(table).__name__}")
-        for key in table:
-            if key not in SCHEMA[section]:
-                raise NasError(
-                    f"{source}: unknown key {section}.{key}; expected one of: {', '.join(SCHEMA[section])}"
-                )
-    for section, keys in SCHEMA.items():
-        table = raw.get(section, {})
-        out[section] = {}
-        for key, spec in keys.items():
-            if key not in table:
-                if (section, key) in REQUIRED:
-                    raise NasError(f"{source}: missing required key {section}.{key}")
-                out[section][key] = copy.deepcopy(spec.default)
-                continue
-            value = table[key]
-            if not _type_ok(value, spec.types):
-                raise NasError(
-                    f"{source}: {section}.{key} must be a {_type_name(spec.types)}, got {value!r}"
-                )
-            if spec.check is not None and (problem := spec.check(value)):
-                raise NasError(f"{source}: {section}.{key}: {problem}")
-            out[section][key] = value
-    return out
+    for section in ("experiment", "data", "search"):  # required keys live there: report them in this order
+        raw.setdefault(section, {})
+    sections = {s: _section(source, s, raw.get(s, {})) for s in SECTIONS}
+    return Experiment(**sections, source=source, overrides=tuple(overrides))
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -203,30 +266,6 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     except tomllib.TOMLDecodeError:
         value = value_text.strip()  # a bare word is taken as a string: --set search.tuner=bayesian
     return parts[0], parts[1], value
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A validated experiment; `values` is the full table with defaults filled in."""
-
-    values: dict[str, dict[str, Any]]
-    source: str
-    overrides: tuple[str, ...] = ()
-
-    def __getitem__(self, section: str) -> dict[str, Any]:
-        return self.values[section]
-
-    @property
-    def name(self) -> str:
-        return self.values["experiment"]["name"]
-
-    def to_toml(self) -> str:
-        return tomli_w.dumps(self.values)
-
-    def with_values(self, section: str, key: str, value: Any) -> Experiment:
-        raw = copy.deepcopy(self.values)
-        raw[section][key] = value
-        return Experiment(validate(raw, self.source), self.source, self.overrides)
 
 
 def load_experiment(path: str | Path, overrides: Iterable[str] = (), *, resolve_paths: bool = True,
@@ -246,17 +285,18 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), *, resolve_
     except tomllib.TOMLDecodeError as exc:
         raise NasError(f"{source}: not valid TOML: {exc}") from None
     for text in overrides:
-        section, key, value = parse_override(text)
+        section, name, value = parse_override(text)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise NasError(f"--set {text!r}: [{section}] is not a table in {source}")
-        raw[section][key] = value
-    values = validate(raw, source)
+        raw[section][name] = value
     if resolve_paths:
         here = Path(base) if base else Path.cwd()
-        for section, key in (("data", "path"), ("search", "space")):
-            values[section][key] = str((here / Path(values[section][key]).expanduser()).resolve())
-    return Experiment(values, source, overrides)
+        for section, name in (("data", "path"), ("search", "space")):
+            value = raw.get(section, {}).get(name)
+            if isinstance(value, str):
+                raw[section][name] = str((here / Path(value).expanduser()).resolve())
+    return build(raw, source, overrides)
 
 
 def diff(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], ignore: Iterable[str] = ()) -> list[str]:
@@ -264,10 +304,10 @@ def diff(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], ignore:
     ignore = set(ignore)
     lines = []
     for section in sorted(set(old) | set(new)):
-        for key in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
-            if f"{section}.{key}" in ignore:
+        for name in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
+            if f"{section}.{name}" in ignore:
                 continue
-            a, b = old.get(section, {}).get(key), new.get(section, {}).get(key)
+            a, b = old.get(section, {}).get(name), new.get(section, {}).get(name)
             if a != b:
-                lines.append(f"{section}.{key}: {a!r} -> {b!r}")
+                lines.append(f"{section}.{name}: {a!r} -> {b!r}")
     return lines

@@ -19,8 +19,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from keras_tuner.src.engine.oracle import synchronized
+from keras_tuner import synchronized
 
+from nas import ktadapter
 from nas.errors import NasError
 from nas.runlog import RunDir, atomic_write_json
 
@@ -71,7 +72,7 @@ def requeue_trial_of(oracle, tuner_id: str) -> str | None:
     trial = oracle.ongoing_trials.pop(tuner_id, None)
     if trial is None:
         return None
-    oracle._retry_queue.append(trial.trial_id)
+    ktadapter.retry_queue(oracle).append(trial.trial_id)
     oracle.save()
     return trial.trial_id
 
@@ -80,7 +81,8 @@ def requeue_trial_of(oracle, tuner_id: str) -> str | None:
 def requeue_stale(oracle) -> list[str]:
     """On a chief's restart, trials left running by workers of an earlier session go back to the queue."""
     ids = [trial.trial_id for trial in oracle.ongoing_trials.values()]
-    oracle._retry_queue.extend(i for i in ids if i not in oracle._retry_queue)
+    queue = ktadapter.retry_queue(oracle)
+    queue.extend(i for i in ids if i not in queue)
     oracle.ongoing_trials.clear()
     oracle.tuner_ids.clear()
     oracle.save()
@@ -89,7 +91,7 @@ def requeue_stale(oracle) -> list[str]:
 
 @synchronized
 def _finished(oracle) -> bool:
-    return not oracle.ongoing_trials and not oracle._retry_queue
+    return not oracle.ongoing_trials and not ktadapter.retry_queue(oracle)
 
 
 @dataclass
@@ -115,12 +117,10 @@ def serve(oracle, host: str, port: int, workers: LocalWorkers | None, on_requeue
     from concurrent import futures
 
     import grpc
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute.oracle_chief import OracleServicer
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    servicer = OracleServicer(oracle)
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    servicer, register = ktadapter.oracle_servicer(oracle)
+    register(servicer, server)
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise NasError(f"cannot listen on {host}:{port}; is the port in use?")
     server.start()
@@ -144,7 +144,7 @@ def serve(oracle, host: str, port: int, workers: LocalWorkers | None, on_requeue
                 if not workers.procs:
                     if _finished(oracle) or replacements >= MAX_REPLACEMENTS:
                         break
-                    if servicer.stop_triggered and not oracle.ongoing_trials and oracle._retry_queue:
+                    if servicer.stop_triggered and not oracle.ongoing_trials and ktadapter.retry_queue(oracle):
                         workers.start()  # a re-queued trial and no one left to run it
             elif servicer.stop_triggered and _finished(oracle) and not oracle.tuner_ids:
                 break

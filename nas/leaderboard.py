@@ -13,37 +13,41 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import NasError
-from nas.objective import rank_key
-from nas.runlog import RunDir, read_events, trial_records
+from nas.runlog import RunDir, read_trials
+from nas.trial import SHOWN_STATUSES, TrialRecord, rank_key
 
 FORMATS = ("table", "csv", "json", "md")
 COLUMNS = (
-    "rank", "run", "trial_id", "status", "feasible", "objective", "objective_ci95", "threshold", "recall", "tie_break", "pr_auc",
-    "val_loss", "params", "latency_ms", "seconds", "epochs_run", "best_epoch", "reason",
+    "rank", "run", "trial_id", "status", "feasible", "split", "objective", "objective_ci95", "folds", "threshold", "recall",
+    "tie_break", "pr_auc", "val_loss", "params", "latency_ms", "seconds", "epochs_run", "best_epoch", "reason",
 )
-STATUSES = ("finished", "infeasible", "failed", "interrupted", "running", "all")
+STATUSES = (*SHOWN_STATUSES, "all")
 
 
 def collect(runs: list[str | Path]) -> list[dict[str, Any]]:
     """Flat, ranked rows for every trial of every run; `param_*` columns hold hyperparameters."""
-    rows = []
+    ranked: list[tuple[tuple, str, TrialRecord]] = []
     for run_path in runs:
         run = RunDir(Path(run_path))
         if not run.trials_log.is_file():
             raise NasError(f"{run.path}: no trials.jsonl here; expected a run folder results/<experiment>/<run-id>")
         label = f"{run.path.parent.name}/{run.run_id}"
-        for rec in trial_records(read_events(run.trials_log)).values():
-            row = {"run": label, **{k: rec.get(k) for k in COLUMNS if k not in ("rank", "run")}}
-            row["feasible"] = rec.get("feasible", True)
-            if row["status"] == "finished" and not row["feasible"]:
-                row["status"] = "infeasible"
-            for name, value in sorted((rec.get("hyperparameters") or {}).items()):
-                row[f"param_{name}"] = value
-            rows.append(row)
-    rows.sort(key=lambda r: (rank_key(r), r["run"]))
-    for i, row in enumerate(rows, start=1):
-        row["rank"] = i
-    return rows
+        ranked += [(rank_key(rec), label, rec) for rec in read_trials(run.trials_log).values()]
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    return [row(rec, label, rank) for rank, (_, label, rec) in enumerate(ranked, start=1)]
+
+
+def row(rec: TrialRecord, run: str, rank: int) -> dict[str, Any]:
+    """One trial as a flat table row."""
+    out = {"rank": rank, "run": run}
+    for column in COLUMNS[2:]:
+        out[column] = getattr(rec, column, None)
+    out["status"] = rec.shown_status
+    out["folds"] = f"{rec.folds_done}/{rec.folds_total}" if rec.folds_total else None
+    out["objective_ci95"] = list(rec.objective_ci95) if rec.objective_ci95 else None
+    for name, value in sorted(rec.hyperparameters.items()):
+        out[f"param_{name}"] = value
+    return out
 
 
 def select(rows: list[dict[str, Any]], *, status: str = "finished", top: int | None = None, sort: str | None = None) -> list[dict[str, Any]]:
@@ -83,6 +87,8 @@ def _uninformative(column: str, rows: list[dict[str, Any]]) -> bool:
         return not any(r.get("reason") for r in rows)
     if column == "feasible":
         return all(r.get("feasible", True) for r in rows)
+    if column in ("folds", "split"):
+        return len({r.get(column) for r in rows}) <= 1
     if column == "tie_break":
         return all(r.get("tie_break") == r.get("pr_auc") for r in rows)
     return False
@@ -110,5 +116,7 @@ def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(shown)]
     header = "  ".join(h.ljust(w) for h, w in zip(shown, widths, strict=True))
     body = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    note = "objective = exact validation precision at the recall floor (split: val)"
+    splits = sorted({str(r.get("split")) for r in rows if r.get("split")}) or ["val"]
+    oof = "; oof: pooled out-of-fold predictions" if "oof" in splits else ""
+    note = f"objective = exact validation precision at the recall floor (split: {', '.join(splits)}{oof})"
     return "\n".join([header.rstrip(), *body, note]) + "\n"

@@ -108,12 +108,13 @@ def build_model(v: dict[str, Any], image_size: int, recall_floor: float, decay_s
 class SpaceHyperModel(keras_tuner.HyperModel):
     """KerasTuner's view of a SearchSpace: build(hp) registers the space's dimensions and builds."""
 
-    def __init__(self, space: SearchSpace, image_size: int, recall_floor: float, decay_steps: int = 0):
+    def __init__(self, space: SearchSpace, image_size: int, recall_floor: float):
         super().__init__(name=space.name)
         self.space = space
         self.image_size = image_size
         self.recall_floor = recall_floor
-        self.decay_steps = decay_steps  # a trial's full length in steps, for a cosine schedule
 
     def build(self, hp) -> keras.Model:
-        return build_model(self.space.resolve(hp), self.image_size, self.recall_floor, self.decay_steps)
+        """The model at its trial's input size (the tuner builds with the trial's schedule length itself)."""
+        values = self.space.resolve(hp)
+        return build_model(values, int(values.get("input.image_size", self.image_size)), self.recall_floor)

@@ -1,5 +1,5 @@
-"""The objective, exactly: precision at a recall floor from validation probabilities, and the one rule
-that ranks trials (objective first, then the stated tie-break), used by search, leaderboard and export.
+"""The objective, exactly: precision at a recall floor from validation probabilities, its intervals, and
+the figures the reference reports. (The rule that ranks trials is `nas.trial.rank_key`.)
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-
-TIE_EPSILON = 1e-6  # the oracle sees objective + eps * tie-break: lexicographic for any real difference
 
 
 @dataclass(frozen=True)
@@ -86,22 +84,6 @@ def tie_break_value(name: str, y_true: np.ndarray, prob: np.ndarray, params: int
     if name == "neg_latency_ms":
         return 1.0 / (1.0 + latency_ms)
     raise ValueError(f"unknown tie-break {name!r}")
-
-
-def oracle_score(objective: float, tie_break: float) -> float:
-    """The single number the tuner's oracle maximizes; it orders trials as rank_key does."""
-    return objective + TIE_EPSILON * tie_break
-
-
-def rank_key(trial: dict[str, Any]) -> tuple:
-    """Sort key (ascending = best first) over trial records: feasible, objective, tie-break, then id."""
-    feasible = trial.get("status") == "finished" and trial.get("feasible", True)
-    return (
-        0 if feasible else 1,
-        -(trial.get("objective") or 0.0),
-        -(trial.get("tie_break") or 0.0),
-        str(trial.get("trial_id", "")),
-    )
 
 
 def classification_report(y_true: np.ndarray, prob: np.ndarray, threshold: float, floor: float) -> dict[str, Any]:

@@ -30,10 +30,15 @@ def pareto_front(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
     return np.array(sorted(front, key=lambda i: cost[i]), dtype=int)
 
 
-def _val_labels(run: RunDir, positive: str) -> np.ndarray:
+def _val_labels(run: RunDir, positive: str) -> tuple[np.ndarray, str]:
+    """Labels in the order a trial stores its validation probabilities, and that file's name: the val split
+    (val_probs.npy), or every train+val frame fold by fold under cross-validation (oof_probs.npy)."""
     with run.split.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "val"]
-    return np.array([r["label"] == positive for r in rows], dtype=int)
+        rows = list(csv.DictReader(fh))
+    if any(r.get("fold") for r in rows):
+        ordered = sorted((r for r in rows if r.get("fold")), key=lambda r: int(r["fold"]))  # stable: row order within a fold
+        return np.array([r["label"] == positive for r in ordered], dtype=int), "oof_probs.npy"
+    return np.array([r["label"] == positive for r in rows if r["split"] == "val"], dtype=int), "val_probs.npy"
 
 
 def make_report(run_path: str | Path, out: str | Path | None = None, top: int = 5) -> Path:
@@ -53,7 +58,7 @@ def make_report(run_path: str | Path, out: str | Path | None = None, top: int = 
     t0 = starts[0] if starts else min(e["time"] for e in events)
     finished = sorted((e for e in events if e["event"] == "trial_finished"), key=lambda e: e["time"])
     exp = load_experiment(run.experiment, resolve_paths=False)
-    floor = exp["objective"]["recall_floor"]
+    floor = exp.objective.recall_floor
 
     final = Path(out) if out else run.path / "report"
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
@@ -96,10 +101,10 @@ def make_report(run_path: str | Path, out: str | Path | None = None, top: int = 
     plt.close(fig)
 
     # 3. PR curves of the top trials
-    y = _val_labels(run, exp["data"]["positive"])
+    y, probs_file = _val_labels(run, exp.data.positive)
     fig, ax = plt.subplots(figsize=(4.8, 4))
     for r in rows[:top]:
-        path = run.trial_dir(r["trial_id"]) / "val_probs.npy"
+        path = run.trial_dir(r["trial_id"]) / probs_file
         if not path.is_file():
             continue
         prec, rec, _ = precision_recall_curve(y, np.load(path))
@@ -152,9 +157,9 @@ def _brief(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _status_counts(run: RunDir) -> dict[str, int]:
-    from nas.runlog import trial_records
+    from nas.runlog import read_trials
 
     counts: dict[str, int] = {}
-    for rec in trial_records(read_events(run.trials_log)).values():
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    for rec in read_trials(run.trials_log).values():
+        counts[rec.status] = counts.get(rec.status, 0) + 1
     return counts

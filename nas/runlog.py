@@ -11,16 +11,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nas.errors import LockedRunError, NasError
-
-EVENTS = ("search_started", "trial_started", "epoch", "trial_finished", "trial_failed", "trial_interrupted",
-          "search_ended", "data_skipped", "worker_recycled", "worker_lost")
+from nas.trial import Event, FoldResult, RecordError, TrialRecord, TrialStatus, from_fields
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -100,6 +98,11 @@ class RunDir:
     def run_id(self) -> str:
         return self.path.name
 
+    @property
+    def cache_root(self) -> Path:
+        """results/.cache/: decoded frames shared by the runs of every experiment under this results folder."""
+        return self.path.parent.parent / ".cache"
+
     def trial_dir(self, trial_id: str) -> Path:
         return self.trials / trial_id
 
@@ -121,15 +124,15 @@ def create_run(exp, space, results: Path, run_id: str | None) -> RunDir:
     atomic_write_text(run.space, space.text)
     atomic_write_json(run.path / "run.json", {
         "experiment_file": str(Path(exp.source).resolve()), "overrides": list(exp.overrides),
-        "cwd": str(Path.cwd()), "space_file": exp["search"]["space"], "created": time.time()})
+        "cwd": str(Path.cwd()), "space_file": exp.search.space, "created": time.time()})
     return run
 
 
-def append_event(log: Path, event: str, **fields: Any) -> dict[str, Any]:
+def append_event(log: Path, event: Event, **fields: Any) -> dict[str, Any]:
     """Append one event as a JSON line and fsync it: the log is the record of truth for trials."""
-    if event not in EVENTS:
+    if event not in set(Event):
         raise ValueError(f"unknown event {event!r}")
-    record = {"event": event, "time": round(time.time(), 3), **fields}
+    record = {"event": str(event), "time": round(time.time(), 3), **fields}
     line = (json.dumps(record, default=_jsonable, sort_keys=False) + "\n").encode()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:  # one write() of the whole line with O_APPEND: lines of several worker processes never interleave
@@ -140,20 +143,46 @@ def append_event(log: Path, event: str, **fields: Any) -> dict[str, Any]:
     return record
 
 
-def read_events(log: Path) -> list[dict[str, Any]]:
-    """All complete events; a torn line (a kill mid-append) is skipped, never fatal."""
+class EventLog:
+    """A run's trials.jsonl as the search writes and reads it, with an optional sink that sees each event
+    (the CLI's progress lines)."""
+
+    def __init__(self, run: RunDir, sink: Callable[[dict[str, Any]], None] | None = None):
+        self.path, self.sink = run.trials_log, sink
+
+    def emit(self, event: Event, **fields: Any) -> dict[str, Any]:
+        record = append_event(self.path, event, **fields)
+        if self.sink:
+            self.sink(record)
+        return record
+
+    def finished(self, record: TrialRecord) -> None:
+        """Write a finished trial's record as its trial_finished event."""
+        self.emit(Event.TRIAL_FINISHED, **record.outcome_fields())
+
+    def trials(self) -> dict[str, TrialRecord]:
+        return read_trials(self.path)
+
+
+def _numbered_events(log: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, event) of every complete line; a torn last line (a kill mid-append) is skipped."""
     if not Path(log).is_file():
-        return []
-    events = []
+        return
     with open(log) as fh:
-        for line in fh:
+        for number, line in enumerate(fh, start=1):
             if not line.endswith("\n"):
                 break  # torn last line
             try:
-                events.append(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return events
+            if isinstance(event, dict):
+                yield number, event
+
+
+def read_events(log: Path) -> list[dict[str, Any]]:
+    """All complete events, as written."""
+    return [event for _, event in _numbered_events(log)]
 
 
 def repair_log(log: Path) -> int:
@@ -168,27 +197,49 @@ def repair_log(log: Path) -> int:
     return len(data) - len(keep)
 
 
-def trial_records(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Fold events into one record per trial: the latest outcome wins, epochs are collected."""
-    trials: dict[str, dict[str, Any]] = {}
-    for ev in events:
-        tid = ev.get("trial_id")
-        if tid is None:
+_TRIAL_EVENTS = {Event.TRIAL_STARTED, Event.EPOCH, Event.FOLD_FINISHED, Event.TRIAL_FINISHED, Event.TRIAL_FAILED,
+                 Event.TRIAL_INTERRUPTED}
+
+
+def read_trials(log: Path) -> dict[str, TrialRecord]:
+    """One typed record per trial, folded from its events in log order (the latest outcome wins). A line
+    whose fields do not have the declared types is an error naming the line and the field."""
+    trials: dict[str, TrialRecord] = {}
+    for number, ev in _numbered_events(log):
+        kind, tid = ev.get("event"), ev.get("trial_id")
+        if kind not in _TRIAL_EVENTS or tid is None:
             continue
-        rec = trials.setdefault(tid, {"trial_id": tid, "status": "running", "epochs": []})
-        kind = ev["event"]
-        if kind == "trial_started":
-            rec.update(status="running", hyperparameters=ev.get("hyperparameters", {}), started=ev["time"])
-        elif kind == "epoch":
-            rec["epochs"] = [e for e in rec["epochs"] if e["epoch"] != ev["epoch"]] + [{k: v for k, v in ev.items() if k not in ("event", "trial_id")}]
-        elif kind == "trial_finished":
-            rec.update({k: v for k, v in ev.items() if k != "event"}, status="finished")
-        elif kind == "trial_failed":
-            rec.update(status="failed", reason=ev.get("reason", ""), seconds=ev.get("seconds"))
-        elif kind == "trial_interrupted":
-            if rec["status"] != "finished":
-                rec.update(status="interrupted", reason=ev.get("reason", ""))
+        try:
+            trials[str(tid)] = _fold(trials.get(str(tid)) or TrialRecord(trial_id=str(tid)), Event(kind), ev)
+        except RecordError as exc:
+            raise NasError(f"{log}:{number}: {kind} event of trial {tid}: {exc}") from None
     return trials
+
+
+def _fold(rec: TrialRecord, kind: Event, ev: dict[str, Any]) -> TrialRecord:
+    """One event applied to a trial's record."""
+    if kind is Event.TRIAL_STARTED:
+        started = from_fields(TrialRecord, {"trial_id": rec.trial_id, "hyperparameters": ev.get("hyperparameters", {}),
+                                            "fidelity": ev.get("fidelity", {}), "started": ev.get("time")})
+        return rec.replace(status=TrialStatus.RUNNING, hyperparameters=started.hyperparameters,
+                           fidelity=started.fidelity, started=started.started)
+    if kind is Event.EPOCH:
+        entry = {k: v for k, v in ev.items() if k not in ("event", "trial_id")}
+        same = (entry.get("epoch"), entry.get("fold"))
+        return rec.replace(epochs=(*[e for e in rec.epochs if (e.get("epoch"), e.get("fold")) != same], entry))
+    if kind is Event.FOLD_FINISHED:
+        fold = from_fields(FoldResult, {k: v for k, v in ev.items() if k not in ("event", "trial_id", "time")})
+        return rec.replace(folds=tuple(sorted([*(f for f in rec.folds if f.fold != fold.fold), fold], key=lambda f: f.fold)))
+    if kind is Event.TRIAL_FINISHED:
+        fields = {**ev, "status": TrialStatus.FINISHED, "trial_id": rec.trial_id}
+        fields.setdefault("hyperparameters", rec.hyperparameters)
+        return from_fields(TrialRecord, fields).replace(epochs=rec.epochs, folds=rec.folds, started=rec.started)
+    if kind is Event.TRIAL_FAILED:
+        failed = from_fields(TrialRecord, {"trial_id": rec.trial_id, "reason": ev.get("reason", ""), "seconds": ev.get("seconds")})
+        return rec.replace(status=TrialStatus.FAILED, reason=failed.reason, seconds=failed.seconds)
+    if rec.status is not TrialStatus.FINISHED:  # TRIAL_INTERRUPTED
+        return rec.replace(status=TrialStatus.INTERRUPTED, reason=str(ev.get("reason", "")))
+    return rec
 
 
 def _pid_alive(pid: int) -> bool:

@@ -73,7 +73,20 @@ SPACE_SCHEMA: dict[str, dict[str, Param]] = {
         "dropout": Param(float, 0.0, low=0.0, high=0.9),
     },
 }
-TOP_KEYS = {"name", "description", "warm_start", *SPACE_SCHEMA}
+# Sections that override the experiment's own settings per trial: only the keys a space file names become
+# dimensions (a key it leaves out keeps the experiment's value), so a space can search the input size, the
+# training length or an augmentation strength without restating the rest.
+OVERRIDES: dict[str, dict[str, Param]] = {
+    "input": {"image_size": Param(int, 64, low=16, high=1024)},  # each size gets its own frame cache
+    "training": {"epochs": Param(int, 4, low=1, high=1000)},  # the cosine schedule spans the trial's own epochs
+    "augment": {
+        "flips": Param(bool, False), "rot90": Param(bool, False),
+        "shift": Param(float, 0.0, low=0.0, high=0.25), "intensity": Param(float, 0.0, low=0.0, high=0.5),
+        "noise": Param(float, 0.0, low=0.0, high=0.5), "blur": Param(float, 0.0, low=0.0, high=2.0),
+        "scale": Param(float, 0.0, low=0.0, high=0.3),
+    },
+}
+TOP_KEYS = {"name", "description", "warm_start", *SPACE_SCHEMA, *OVERRIDES}
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,18 @@ class SearchSpace:
     def searched(self) -> list[Dimension]:
         return [d for d in self.dimensions.values() if d.searched]
 
+    def sizes(self, default: int) -> tuple[int, ...]:
+        """Every input size a trial may use (each needs a frame cache)."""
+        dim = self.dimensions.get("input.image_size")
+        if dim is None:
+            return (default,)
+        if not dim.searched:
+            return (dim.constant,)
+        if dim.choice is None:
+            raise NasError(f"{self.source}: input.image_size: expected a constant or a choice of sizes (each size "
+                           "is cached), got a range")
+        return tuple(dim.choice)
+
     def resolve(self, hp) -> dict[str, Any]:
         """All values of one trial, constants and searched ones, registered on `hp` as a side effect."""
         return {name: dim.register(hp) for name, dim in self.dimensions.items()}
@@ -234,7 +259,7 @@ def parse_space(text: str, source: str = "<space>") -> SearchSpace:
     sections = frozenset(s for s in SPACE_SCHEMA if s in raw)
     if not sections & {"blocks", "autokeras"}:
         raise NasError(f"{source}: a space needs a blocks section (KerasTuner) or an autokeras section")
-    for section, params in SPACE_SCHEMA.items():
+    for section, params in {**SPACE_SCHEMA, **OVERRIDES}.items():
         table = raw.get(section) or {}
         if not isinstance(table, dict):
             raise NasError(f"{source}: {section} must be a mapping, got {table!r}")
@@ -243,6 +268,8 @@ def parse_space(text: str, source: str = "<space>") -> SearchSpace:
                 raise NasError(f"{source}: unknown key {section}.{key}; expected one of: {', '.join(params)}")
         for key, param in params.items():
             dotted = f"{section}.{key}"
+            if section in OVERRIDES and key not in table:
+                continue
             dims[dotted] = _parse_dimension(dotted, table.get(key, param.default), param, source)
     starts = _parse_warm_start(raw.get("warm_start"), dims, source)
     return SearchSpace(name, str(raw.get("description", "")), dims, sections, source, text, starts)

@@ -52,24 +52,56 @@ def make_split(records: list[Record], fractions: tuple[float, float, float], see
     return assignment.tolist()
 
 
-def write_split(path: Path, root: Path, records: list[Record], splits: list[str], positive: str, negative: str) -> None:
-    """split.csv, written once: each frame's split plus its size and mtime, so a resume can tell if it changed."""
+def make_folds(records: list[Record], splits: list[str], k: int, seed: int) -> list[int]:
+    """Assign every train and val frame to one of k folds for cross-validated selection: stratified by label,
+    whole groups in one fold when groups are given; test frames (and dropped ones) get -1."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    pool = [i for i, s in enumerate(splits) if s in ("train", "val")]
+    labels = np.array([records[i].label for i in pool])
+    groups = [records[i].group for i in pool]
+    grouped = all(groups)
+    if grouped and len(set(groups)) < k:
+        raise NasError(f"objective.folds = {k} needs at least {k} groups outside the test split; the data has "
+                       f"{len(set(groups))} there. Lower objective.folds, or add groups")
+    if min(int(labels.sum()), int(len(labels) - labels.sum())) < k:
+        raise NasError(f"objective.folds = {k} needs at least {k} frames of each class outside the test split")
+    folds = [-1] * len(records)
+    splitter = (StratifiedGroupKFold(k, shuffle=True, random_state=seed) if grouped
+                else StratifiedKFold(k, shuffle=True, random_state=seed))
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(pool)), labels, groups if grouped else None)):
+        for j in held:
+            folds[pool[j]] = fold
+        if len(set(labels[held].tolist())) < 2:
+            raise NasError(f"fold {fold} of {k} holds frames of one class only (groups are too few or too "
+                           "unbalanced for that many folds); lower objective.folds")
+    return folds
+
+
+def write_split(path: Path, root: Path, records: list[Record], splits: list[str], positive: str, negative: str,
+                folds: list[int] | None = None) -> None:
+    """split.csv, written once: each frame's split (and fold) plus its size and mtime, so a resume can tell
+    if it changed."""
     tmp = path.with_suffix(".csv.tmp")
+    folds = folds if folds is not None else [-1] * len(records)
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "split", "group", "bytes", "mtime_ns"])
-        for r, s in zip(records, splits, strict=True):
+        w.writerow(["path", "label", "split", "group", "fold", "bytes", "mtime_ns"])
+        for r, s, k in zip(records, splits, folds, strict=True):
             st = (root / r.path).stat()
-            w.writerow([r.path, positive if r.label else negative, s, r.group, st.st_size, st.st_mtime_ns])
+            w.writerow([r.path, positive if r.label else negative, s, r.group, "" if k < 0 else k, st.st_size,
+                        st.st_mtime_ns])
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
-def read_split(path: Path, positive: str) -> tuple[list[Record], list[str]]:
+def read_split(path: Path, positive: str) -> tuple[list[Record], list[str], list[int]]:
+    """Records, splits and folds (-1: none) of a split.csv."""
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return [Record(r["path"], int(r["label"] == positive), r["group"]) for r in rows], [r["split"] for r in rows]
+    records = [Record(r["path"], int(r["label"] == positive), r["group"]) for r in rows]
+    return records, [r["split"] for r in rows], [int(r["fold"]) if r.get("fold") else -1 for r in rows]
 
 
 def changed_since_split(path: Path, root: Path) -> list[str]:

@@ -13,14 +13,29 @@ from typing import Any
 import keras
 import numpy as np
 
+from nas.stopwatch import Stopwatch
+
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]  # epoch -> that epoch's batches
+REFIT_TRIAL = 99_991  # the seed slot of a refit on train+val, apart from every searched trial's
 
 
-def fit_epochs(model: keras.Model, train: Batches, val: Batches, *, epochs: int, initial_epoch: int = 0,
-               class_weight: dict[int, float] | None = None,
-               callbacks: list[keras.callbacks.Callback] = ()) -> dict[str, list[float]]:
-    """Train from initial_epoch to epochs, validating after each; returns the history (as History has it).
-    Callbacks see what they see under fit: epoch and batch hooks, val_* logs, and model.stop_training."""
+def trial_seed(search_seed: int, trial_id: str | int, fold: int = 0) -> int:
+    """The seed of one trial's (one fold's) weights, shuffling and augmentation: distinct per trial and fold,
+    the same on every resume."""
+    return search_seed * 100_003 + int(trial_id) + 1_000_003 * fold
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    return -(-n_rows // batch_size)
+
+
+def fit_epochs(model: keras.Model, train: Batches, val: Batches | None, *, epochs: int, initial_epoch: int = 0,
+               class_weight: dict[int, float] | None = None, callbacks: list[keras.callbacks.Callback] = (),
+               clock: Stopwatch | None = None) -> dict[str, list[float]]:
+    """Train from initial_epoch to epochs, validating after each (unless val is None); returns the history
+    (as History has it). Callbacks see what they see under fit: epoch and batch hooks, val_* logs, and
+    model.stop_training. The clock, if given, splits the time into 'train' and 'validate'."""
+    clock = clock or Stopwatch()
     cbs = keras.callbacks.CallbackList(list(callbacks), model=model, add_history=False, add_progbar=False)
     history: dict[str, list[float]] = {}
     model.stop_training = False
@@ -29,23 +44,17 @@ def fit_epochs(model: keras.Model, train: Batches, val: Batches, *, epochs: int,
         cbs.on_epoch_begin(epoch)
         model.reset_metrics()
         logs: dict[str, Any] = {}
-        for step, (x, y) in enumerate(train(epoch)):
-            cbs.on_train_batch_begin(step)
-            logs = model.train_on_batch(x, y, class_weight=class_weight, return_dict=True)
-            cbs.on_train_batch_end(step, logs)
-            if model.stop_training:
-                break
-        logs = {k: float(v) for k, v in logs.items()}
-        model.reset_metrics()
-        cbs.on_test_begin()
-        val_logs: dict[str, Any] = {}
-        for step, (x, y) in enumerate(val(epoch)):
-            cbs.on_test_batch_begin(step)
-            val_logs = model.test_on_batch(x, y, return_dict=True)
-            cbs.on_test_batch_end(step, val_logs)
-        val_logs = {f"val_{k}": float(v) for k, v in val_logs.items()}
-        cbs.on_test_end(val_logs)
-        logs.update(val_logs)
+        with clock.phase("train"):
+            for step, (x, y) in enumerate(train(epoch)):
+                cbs.on_train_batch_begin(step)
+                logs = model.train_on_batch(x, y, class_weight=class_weight, return_dict=True)
+                cbs.on_train_batch_end(step, logs)
+                if model.stop_training:
+                    break
+            logs = {k: float(v) for k, v in logs.items()}
+        if val is not None:
+            with clock.phase("validate"):
+                logs.update(_validate(model, val(epoch), cbs))
         model.reset_metrics()
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
@@ -54,6 +63,19 @@ def fit_epochs(model: keras.Model, train: Batches, val: Batches, *, epochs: int,
             break
     cbs.on_train_end(logs if epochs > initial_epoch else None)
     return history
+
+
+def _validate(model: keras.Model, batches: Iterable, cbs: keras.callbacks.CallbackList) -> dict[str, float]:
+    model.reset_metrics()
+    cbs.on_test_begin()
+    val_logs: dict[str, Any] = {}
+    for step, (x, y) in enumerate(batches):
+        cbs.on_test_batch_begin(step)
+        val_logs = model.test_on_batch(x, y, return_dict=True)
+        cbs.on_test_batch_end(step, val_logs)
+    val_logs = {f"val_{k}": float(v) for k, v in val_logs.items()}
+    cbs.on_test_end(val_logs)
+    return val_logs
 
 
 def predict_rows(model: keras.Model, frames, rows: np.ndarray, batch_size: int = 128) -> np.ndarray:

@@ -21,14 +21,14 @@ RECYCLED_EXIT = 75  # a worker's "I ran my share, start the next one" (EX_TEMPFA
 
 def supervised_search(exp: Experiment, results: Path, run_id: str | None) -> tuple[RunDir, int]:
     """Create the run, then run workers until one ends the search; returns the run and the last exit code."""
-    space = load_space(exp["search"]["space"])
+    space = load_space(exp.search.space)
     run = create_run(exp, space, results, run_id)
     with run_lock(run):
-        budget = exp["budget"]["time_budget"]
+        budget = exp.budget.time_budget
         started = time.time()
         deadline = started + budget if budget else 0.0
         while True:
-            code = _worker(run, exp["search"]["recycle_every"], deadline, started)
+            code = _worker(run, exp.search.recycle_every, deadline, started)
             if code != RECYCLED_EXIT:
                 return run, code
 

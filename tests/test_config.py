@@ -13,17 +13,17 @@ from .conftest import REPO, cli, write_experiment
 def test_shipped_experiments_load_with_defaults():
     for path in (REPO / "experiments").glob("*.toml"):
         exp = load_experiment(path)
-        assert exp["objective"]["recall_floor"] == 0.9
-        assert Path(exp["search"]["space"]).is_file(), path
-        assert exp["budget"]["max_trials"] >= 1
+        assert exp.objective.recall_floor == 0.9
+        assert Path(exp.search.space).is_file(), path
+        assert exp.budget.max_trials >= 1
 
 
 def test_set_overrides_parse_values_as_toml(tmp_path):
     exp_file = write_experiment(tmp_path / "e.toml", tmp_path)
     exp = load_experiment(exp_file, ["objective.recall_floor=0.95", "search.tuner=bayesian", "data.split=[0.6, 0.2, 0.2]"])
-    assert exp["objective"]["recall_floor"] == 0.95
-    assert exp["search"]["tuner"] == "bayesian"
-    assert exp["data"]["split"] == [0.6, 0.2, 0.2]
+    assert exp.objective.recall_floor == 0.95
+    assert exp.search.tuner == "bayesian"
+    assert exp.data.split == (0.6, 0.2, 0.2)
     assert parse_override("budget.max_trials=10") == ("budget", "max_trials", 10)
 
 

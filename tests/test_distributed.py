@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from nas.errors import NasError
-from nas.runlog import read_events, trial_records
+from nas.runlog import read_events, read_trials
 
 from .conftest import REPO, cli, write_experiment
 
@@ -72,8 +72,8 @@ def test_worker_killed_mid_trial_is_replaced_and_its_trial_continues(tmp_path, t
     restarts = [e for e in events(run, "trial_started") if e["trial_id"] == victim_trial]
     assert len(restarts) == 2 and restarts[1]["pid"] != victim["pid"]
     assert restarts[1]["resumed_from_epoch"] >= 1  # continued from its checkpoint, not from epoch 0
-    trials = trial_records(read_events(run / "trials.jsonl"))
-    assert all(t["status"] == "finished" for t in trials.values())
+    trials = read_trials(run / "trials.jsonl")
+    assert all(t.status == "finished" for t in trials.values())
 
 
 def test_distributed_search_resumes_after_the_chief_dies(tmp_path, tiny_data):

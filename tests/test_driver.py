@@ -5,8 +5,8 @@ import json
 
 import tensorflow as tf
 
-from nas import search as search_mod
-from nas.runlog import read_events, trial_records
+from nas.runlog import read_events, read_trials
+from nas.search import tuner as tuner_mod
 
 from .conftest import cli, write_experiment
 
@@ -17,12 +17,12 @@ def test_constraint_makes_trials_infeasible_never_winners(tmp_path, tiny_data):
     res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")
     assert res.code == 0, res.err
     run = tmp_path / "res" / "tiny" / "r"
-    trials = trial_records(read_events(run / "trials.jsonl"))
-    infeasible = [t for t in trials.values() if t.get("feasible") is False]
-    feasible = [t for t in trials.values() if t.get("feasible") is True]
+    trials = read_trials(run / "trials.jsonl")
+    infeasible = [t for t in trials.values() if t.feasible is False]
+    feasible = [t for t in trials.values() if t.feasible is True]
     assert infeasible and feasible, "this seed samples architectures on both sides of the limit"
     for t in infeasible:
-        assert "max_params 3000" in t["reason"] and t["params"] > 3000 and t["epochs_run"] == 0
+        assert "max_params 3000" in t.reason and t.params > 3000 and t.epochs_run == 0
     rows = json.loads(cli("leaderboard", run, "--format", "json", "--status", "all").out)
     assert all(r["feasible"] for r in rows[: len(feasible)])  # every feasible trial ranks above
     assert {r["status"] for r in rows[len(feasible):]} == {"infeasible"}
@@ -33,7 +33,7 @@ def test_constraint_makes_trials_infeasible_never_winners(tmp_path, tiny_data):
 
 
 def test_failed_trials_are_logged_and_the_search_goes_on(tmp_path, tiny_data, monkeypatch):
-    real = search_mod.build_model
+    real = tuner_mod.build_model
     calls = {"n": 0}
 
     def flaky(values, size, floor, *rest):
@@ -45,19 +45,19 @@ def test_failed_trials_are_logged_and_the_search_goes_on(tmp_path, tiny_data, mo
             model.layers[-1].kernel.assign(tf.fill(model.layers[-1].kernel.shape, float("nan")))
         return model
 
-    monkeypatch.setattr(search_mod, "build_model", flaky)
+    monkeypatch.setattr(tuner_mod, "build_model", flaky)
     exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 3, "epochs": 1})
     res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")
     assert res.code == 0, res.err
-    trials = trial_records(read_events(tmp_path / "res" / "tiny" / "r" / "trials.jsonl"))
-    assert trials["0"]["status"] == "failed" and "OOM" in trials["0"]["reason"]
-    assert trials["1"]["status"] == "failed" and "NaN" in trials["1"]["reason"]
-    assert trials["2"]["status"] == "finished"
+    trials = read_trials(tmp_path / "res" / "tiny" / "r" / "trials.jsonl")
+    assert trials["0"].status == "failed" and "OOM" in trials["0"].reason
+    assert trials["1"].status == "failed" and "NaN" in trials["1"].reason
+    assert trials["2"].status == "finished"
     assert "trial 0: FAILED" in res.out and "trial 1: FAILED" in res.out
 
 
 def test_too_many_consecutive_failures_stop_the_search_keeping_finished_trials(tmp_path, tiny_data, monkeypatch):
-    real = search_mod.build_model
+    real = tuner_mod.build_model
     calls = {"n": 0}
 
     def breaks_after_one(values, size, floor, *rest):
@@ -66,15 +66,15 @@ def test_too_many_consecutive_failures_stop_the_search_keeping_finished_trials(t
             raise ValueError("a combination this space cannot build")
         return real(values, size, floor, *rest)
 
-    monkeypatch.setattr(search_mod, "build_model", breaks_after_one)
+    monkeypatch.setattr(tuner_mod, "build_model", breaks_after_one)
     exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 8, "epochs": 1},
                            search={"max_consecutive_failures": 2})
     res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")
     assert res.code == 2
     assert "2 consecutive trials failed" in res.err and "finished trials are kept" in res.err
-    trials = trial_records(read_events(tmp_path / "res" / "tiny" / "r" / "trials.jsonl"))
-    assert trials["0"]["status"] == "finished"
-    assert [trials[t]["status"] for t in ("1", "2")] == ["failed", "failed"]
+    trials = read_trials(tmp_path / "res" / "tiny" / "r" / "trials.jsonl")
+    assert trials["0"].status == "finished"
+    assert [trials[t].status for t in ("1", "2")] == ["failed", "failed"]
     assert not (tmp_path / "res" / "tiny" / "r" / "LOCK").exists()
 
 

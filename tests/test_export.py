@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 
 from nas import export as export_mod
-from nas.objective import precision_at_recall, rank_key
-from nas.runlog import read_events, trial_records
+from nas.export import write as export_write
+from nas.objective import precision_at_recall
+from nas.runlog import read_trials
+from nas.trial import rank_key
 
 from .conftest import cli
 
@@ -44,15 +46,15 @@ def test_export_writes_the_artifacts_and_card(exported_run):
 
 def test_export_takes_the_best_trial_with_its_best_epoch_and_calibrates_on_val(exported_run, finished_run):
     card = json.loads((exported_run / "model_card.json").read_text())
-    trials = trial_records(read_events(finished_run / "trials.jsonl"))
+    trials = read_trials(finished_run / "trials.jsonl")
     best = min(trials.values(), key=rank_key)
-    assert card["trial_id"] == best["trial_id"]
+    assert card["trial_id"] == best.trial_id
     # the exported weights reproduce the trial's scored validation probabilities -> same threshold
     rows = list(csv.DictReader(open(finished_run / "split.csv")))
     y = np.array([r["label"] == "positive" for r in rows if r["split"] == "val"], dtype=int)
-    prob = np.load(finished_run / "trials" / best["trial_id"] / "val_probs.npy")
+    prob = np.load(finished_run / "trials" / best.trial_id / "val_probs.npy")
     assert card["threshold"] == pytest.approx(precision_at_recall(y, prob, 0.9).threshold, abs=1e-6)
-    assert card["metrics"]["val"]["precision_at_floor"] == pytest.approx(best["objective"], abs=1e-9)
+    assert card["metrics"]["val"]["precision_at_floor"] == pytest.approx(best.objective, abs=1e-9)
 
 
 def test_clean_process_saved_model_equals_nas_predict_on_other_size_frames(exported_run, tiny_data, tmp_path):
@@ -101,7 +103,7 @@ def test_failed_export_leaves_nothing_behind(finished_run, tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise RuntimeError("disk full while drawing")
 
-    monkeypatch.setattr(export_mod, "_plots", boom)
+    monkeypatch.setattr(export_write, "_plots", boom)
     with pytest.raises(RuntimeError):
         export_mod.export_run(finished_run, out=tmp_path / "exp")
     assert list(tmp_path.iterdir()) == []
@@ -116,12 +118,12 @@ def test_test_split_is_read_once_and_only_by_export(tmp_path, tiny_data, monkeyp
     """Instrument every way frames reach a model (epoch batches, which tf.data datasets wrap too, and
     direct prediction); map their rows to splits."""
     from nas import data as data_mod
-    from nas import search as search_mod
+    from nas import training
 
     from .conftest import write_experiment
 
     calls = []
-    real_batches, real_predict = data_mod.epoch_batches, search_mod.predict_rows
+    real_batches, real_predict = data_mod.epoch_batches, training.predict_rows
 
     def batches(frames, labels, rows, *args, **kwargs):
         calls.append((phase, sorted(int(r) for r in rows)))
@@ -132,7 +134,7 @@ def test_test_split_is_read_once_and_only_by_export(tmp_path, tiny_data, monkeyp
         return real_predict(model, frames, rows, *args, **kwargs)
 
     monkeypatch.setattr(data_mod, "epoch_batches", batches)
-    monkeypatch.setattr(search_mod, "predict_rows", predict)
+    monkeypatch.setattr(training, "predict_rows", predict)
     exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 2, "epochs": 1})
     phase = "search"
     assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "r").code == 0
@@ -151,8 +153,8 @@ def test_refit_retrains_on_train_and_val_for_the_best_epoch_count(finished_run, 
     res = cli("export", finished_run, "--refit", "--out", tmp_path / "refit")
     assert res.code == 0, res.err
     card = json.loads((tmp_path / "refit" / "model_card.json").read_text())
-    best = min(trial_records(read_events(finished_run / "trials.jsonl")).values(), key=rank_key)
-    assert card["refit"]["on"] == "train+val" and card["refit"]["epochs"] == best["best_epoch"]
+    best = min(read_trials(finished_run / "trials.jsonl").values(), key=rank_key)
+    assert card["refit"]["on"] == "train+val" and card["refit"]["epochs"] == best.best_epoch
     rows = list(csv.DictReader(open(finished_run / "split.csv")))
     assert card["refit"]["frames"] == sum(r["split"] in ("train", "val") for r in rows)
     plain = json.loads((finished_run / "export" / "model_card.json").read_text()) if (finished_run / "export").exists() else None
@@ -164,13 +166,13 @@ def test_ensemble_export_averages_the_top_trials_and_calibrates_the_mean_on_val(
     res = cli("export", finished_run, "--ensemble", "2", "--out", tmp_path / "ens")
     assert res.code == 0, res.err
     card = json.loads((tmp_path / "ens" / "model_card.json").read_text())
-    ranked = sorted((t for t in trial_records(read_events(finished_run / "trials.jsonl")).values()
-                     if t["status"] == "finished"), key=rank_key)
-    assert card["ensemble"] == [t["trial_id"] for t in ranked[:2]]
+    ranked = sorted((t for t in read_trials(finished_run / "trials.jsonl").values()
+                     if t.status == "finished"), key=rank_key)
+    assert card["ensemble"] == [t.trial_id for t in ranked[:2]]
     assert card["latency_ms_batch1"] > 0 and "mean of trials" in res.out
     rows = list(csv.DictReader(open(finished_run / "split.csv")))
     y = np.array([r["label"] == "positive" for r in rows if r["split"] == "val"], dtype=int)
-    mean = np.mean([np.load(finished_run / "trials" / t["trial_id"] / "val_probs.npy") for t in ranked[:2]], axis=0)
+    mean = np.mean([np.load(finished_run / "trials" / t.trial_id / "val_probs.npy") for t in ranked[:2]], axis=0)
     assert card["threshold"] == pytest.approx(precision_at_recall(y, mean, 0.9).threshold, abs=1e-5)
     assert card["metrics"]["val"]["precision_at_floor"] == pytest.approx(precision_at_recall(y, mean, 0.9).precision)
 

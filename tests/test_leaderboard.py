@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from nas.objective import rank_key
-from nas.runlog import read_events, trial_records
+from nas.runlog import read_trials
+from nas.trial import rank_key
 
 from .conftest import cli, write_experiment
 
@@ -22,14 +22,14 @@ def second_run(tmp_path_factory, tiny_data):
 
 
 def test_formats_parse_and_agree_with_the_log(finished_run):
-    logged = {t["trial_id"]: t for t in trial_records(read_events(finished_run / "trials.jsonl")).values()}
+    logged = {t.trial_id: t for t in read_trials(finished_run / "trials.jsonl").values()}
     rows = json.loads(cli("leaderboard", finished_run, "--format", "json").out)
     assert {r["trial_id"] for r in rows} == set(logged)
     for r in rows:
-        assert r["objective"] == logged[r["trial_id"]]["objective"]
-        assert r["threshold"] == logged[r["trial_id"]]["threshold"]
+        assert r["objective"] == logged[r["trial_id"]].objective
+        assert r["threshold"] == logged[r["trial_id"]].threshold
         assert any(k.startswith("param_") for k in r)
-    expected_order = [t["trial_id"] for t in sorted(logged.values(), key=rank_key)]
+    expected_order = [t.trial_id for t in sorted(logged.values(), key=rank_key)]
     assert [r["trial_id"] for r in rows] == expected_order
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
 
@@ -114,7 +114,7 @@ def test_tensorboard_logs_with_hparams_per_trial(finished_run):
 def test_live_progress_bar_on_a_terminal(monkeypatch):
     import io
 
-    from nas.cli import _trial_printer
+    from nas.console import TrialPrinter
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -123,7 +123,7 @@ def test_live_progress_bar_on_a_terminal(monkeypatch):
     err, out = Terminal(), io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
     monkeypatch.setattr("sys.stdout", out)
-    sink = _trial_printer()
+    sink = TrialPrinter()
     sink({"event": "search_started", "tuner": "random", "space": "s", "max_trials": 2, "train": 5, "val": 3,
           "skipped": 0, "resumed": False, "balance": {"train": {"n": 5, "positives": 2}}, "decoded": 8})
     sink({"event": "trial_finished", "trial_id": "0", "objective": 0.75, "objective_ci95": [0.5, 1.0], "threshold": 0.4,
@@ -136,11 +136,11 @@ def test_recycled_worker_reports_elapsed_from_the_search_start(monkeypatch, caps
     """A worker started by `search.recycle_every` prints time since the search began, not since it started."""
     import time
 
-    from nas.cli import _trial_printer
+    from nas.console import TrialPrinter
     from nas.runlog import SEARCH_T0_ENV
 
     monkeypatch.setenv(SEARCH_T0_ENV, repr(time.time() - 1000))
-    sink = _trial_printer()
+    sink = TrialPrinter()
     sink({"event": "trial_finished", "trial_id": "10", "objective": 0.5, "threshold": 0.4, "pr_auc": 0.6,
           "params": 100, "epochs_run": 2, "seconds": 1.0})
     elapsed = int(capsys.readouterr().out.rsplit("elapsed ", 1)[1].split("s")[0])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from nas.objective import bootstrap_interval, classification_report, precision_at_recall, rank_key
+from nas.objective import bootstrap_interval, classification_report, precision_at_recall
+from nas.trial import TrialRecord, rank_key
 
 
 def brute_force(y, p, floor):
@@ -41,14 +42,14 @@ def test_unreachable_or_undefined_objective_scores_zero_with_reason():
 
 
 def test_rank_key_orders_by_objective_then_tie_break_and_feasibility():
-    trials = [
+    trials = [TrialRecord(**t) for t in (
         {"trial_id": "a", "status": "finished", "objective": 0.9, "tie_break": 0.5},
         {"trial_id": "b", "status": "finished", "objective": 0.9, "tie_break": 0.7},
         {"trial_id": "c", "status": "finished", "objective": 0.95, "tie_break": 0.1, "feasible": False},
         {"trial_id": "d", "status": "failed"},
         {"trial_id": "e", "status": "finished", "objective": 0.8, "tie_break": 0.99},
-    ]
-    assert [t["trial_id"] for t in sorted(trials, key=rank_key)] == ["b", "a", "e", "c", "d"]
+    )]
+    assert [t.trial_id for t in sorted(trials, key=rank_key)] == ["b", "a", "e", "c", "d"]
 
 
 def test_report_and_bootstrap():

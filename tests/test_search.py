@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nas.objective import precision_at_recall
-from nas.runlog import read_events, trial_records
+from nas.runlog import read_events, read_trials
 
 from .conftest import REPO, cli, write_experiment
 
@@ -97,9 +97,9 @@ def test_time_budget_ends_cleanly_and_resume_completes_the_trials(tmp_path, tiny
     assert len(finished(run)) < 3
     res = cli("resume", run, "--time-budget", "0")
     assert res.code == 0, res.err
-    trials = trial_records(read_events(run / "trials.jsonl"))
+    trials = read_trials(run / "trials.jsonl")
     assert sorted(trials) == ["0", "1", "2"]
-    assert all(t["status"] == "finished" for t in trials.values())
+    assert all(t.status == "finished" for t in trials.values())
     assert len(finished(run)) == 3  # each trial finished exactly once
 
 

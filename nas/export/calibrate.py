@@ -1,0 +1,83 @@
+"""Calibrate, refit, evaluate: the threshold from validation (or out-of-fold) probabilities, an optional
+refit on train+val, and the one read of the test split."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from nas import data as data_mod
+from nas import training
+from nas.errors import NasError
+from nas.export.members import Member, architecture
+from nas.objective import Operating, bootstrap_interval, classification_report, precision_at_recall
+from nas.prepare import RunFrames
+from nas.reopen import OpenRun
+from nas.search.racing import OOF_PROBS
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The probabilities the threshold was chosen on, and the operating point."""
+
+    split: str  # "val", or "oof": every train+val frame, scored by the fold model that did not train on it
+    y: np.ndarray
+    prob: np.ndarray
+    op: Operating
+
+
+def calibrate(opened: OpenRun, members: list[Member], net, frames: RunFrames, size: int) -> Calibration:
+    """The members' (mean) validation probabilities and the threshold the objective's rule picks on them.
+    Under cross-validation these are the pooled out-of-fold probabilities the search scored."""
+    if frames.cv:
+        rows = frames.validation_rows()
+        prob = np.mean([np.load(opened.run.trial_dir(m.trial_id) / OOF_PROBS) for m in members], axis=0)
+        split = "oof"
+    else:
+        rows = frames.rows("val")
+        prob = training.predict_rows(net, frames.stores[size], rows)
+        split = "val"
+    objective = opened.exp.objective
+    op = precision_at_recall(frames.labels[rows], prob, objective.recall_floor, objective.recall_confidence)
+    if op.reason:
+        raise NasError(f"trial {members[0].trial_id}: cannot calibrate a threshold on {split} data: {op.reason}")
+    return Calibration(split, frames.labels[rows], prob, op)
+
+
+def refit(opened: OpenRun, member: Member, frames: RunFrames, size: int):
+    """The architecture trained afresh on train+val for the trial's best number of epochs; returns the
+    model and what the card says about it."""
+    import keras
+
+    exp, rec = opened.exp, member.record
+    epochs = int(rec.best_epoch or rec.epochs_run or exp.budget.epochs)
+    rows = frames.rows("train", "val")
+    store, labels, batch = frames.stores[size], frames.labels, exp.search.batch_size
+    keras.backend.clear_session()
+    seed = training.trial_seed(exp.search.seed, training.REFIT_TRIAL)
+    keras.utils.set_random_seed(seed)
+    model = architecture(opened, rec, size, compiled=True, frames=store[rows[:256]][..., None],
+                         decay_steps=training.steps_per_epoch(len(rows), batch) * epochs)
+    augment = {**dataclasses.asdict(exp.augment), **{k[8:]: v for k, v in rec.hyperparameters.items() if k.startswith("augment.")}}
+    weights = data_mod.class_weights(labels[rows]) if exp.training.class_weight == "auto" else None
+    training.fit_epochs(model, lambda e: data_mod.epoch_batches(store, labels, rows, batch, epoch=e, shuffle=True,
+                                                                seed=seed, augment=augment),
+                        None, epochs=epochs, class_weight=weights)
+    return model, {"on": "train+val", "epochs": epochs, "frames": int(len(rows)),
+                   "note": "threshold chosen before refit, on the searched model's validation probabilities"}
+
+
+def evaluate(net, frames: RunFrames, size: int, cal: Calibration, floor: float, resamples: int, seed: int) -> dict:
+    """Figures at the calibrated threshold on the calibration split and on the test split (read here,
+    once), with bootstrap intervals; also the test probabilities for the plots."""
+    test_rows = frames.rows("test")
+    p_test = training.predict_rows(net, frames.stores[size], test_rows)  # the one and only read of the test split
+    y_test = frames.labels[test_rows]
+    out = {}
+    for name, y, p in ((cal.split, cal.y, cal.prob), ("test", y_test, p_test)):
+        figures = classification_report(y, p, cal.op.threshold, floor)
+        figures.update(bootstrap_interval(y, p, cal.op.threshold, resamples, seed=seed))
+        out[name] = figures
+    return {"metrics": out, "y_test": y_test, "p_test": p_test, "test_rows": test_rows}

@@ -1,0 +1,203 @@
+"""Writing an export: the SavedModel that serves raw frames, model.keras, the model card (JSON and
+Markdown), plots of the test split, and copies of the run's log and split. Everything goes to a temporary
+folder that is renamed into place at the end, so a failed export leaves no half-written model behind."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.export.calibrate import Calibration
+from nas.export.members import Member
+from nas.reopen import OpenRun
+from nas.runlog import atomic_write_json, atomic_write_text, read_trials
+
+SAVED_MODEL = "saved_model"
+PACKAGES = ("stem-nas", "tensorflow", "keras", "keras-tuner", "autokeras", "numpy", "scikit-learn", "tifffile")
+
+
+def write_export(final: Path, opened: OpenRun, members: list[Member], net, size: int, cal: Calibration, results: dict,
+                 *, latency: float | None, refit: dict | None) -> Path:
+    """Everything an export holds, written whole into `final` or not at all."""
+    import tensorflow as tf
+
+    run, clip = opened.run, tuple(opened.exp.data.clip_percentiles)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        module = serving_module(net, size, clip, cal.op.threshold)
+        tf.saved_model.save(module, str(tmp / SAVED_MODEL),
+                            signatures={"serving_default": module.serve, "serve_uint16": module.serve_uint16})
+        net.save(tmp / "model.keras")
+        for src in (run.trials_log, run.split, run.experiment, run.space):
+            shutil.copy2(src, tmp / src.name)
+        card = model_card(opened, members, net, size, cal, results["metrics"], latency=latency, refit=refit)
+        atomic_write_json(tmp / "model_card.json", card)
+        atomic_write_text(tmp / "MODEL_CARD.md", _card_markdown(card))
+        _plots(tmp, results["y_test"], results["p_test"], cal.op.threshold, opened.exp.objective.recall_floor,
+               results["metrics"]["test"])
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def model_card(opened: OpenRun, members: list[Member], net, size: int, cal: Calibration, metrics: dict, *,
+               latency: float | None, refit: dict | None) -> dict[str, Any]:
+    """What the export is, how it was chosen and what it scored, split by split."""
+    exp, run, best = opened.exp, opened.run, members[0].record
+    several = len(members) > 1 or len(members[0].weights) > 1
+    return {
+        "experiment": exp.name, "run": str(run.path), "trial_id": best.trial_id,
+        "hyperparameters": best.hyperparameters, "architecture": opened.space.name,
+        "params": int(net.count_params()) if several else best.params,
+        "latency_ms_batch1": latency if several else best.latency_ms,
+        "ensemble": [m.trial_id for m in members] if len(members) > 1 else None,
+        "folds": len(members[0].weights) if len(members[0].weights) > 1 else None,
+        "threshold": cal.op.threshold, "recall_floor": exp.objective.recall_floor, "threshold_from": cal.split,
+        "recall_confidence": exp.objective.recall_confidence, "threshold_note": cal.op.note or None,
+        "search_estimate": {"objective": best.objective, "ci95": list(best.objective_ci95 or ()), "split": best.split},
+        "refit": refit,
+        "keras_file_needs": "autokeras (AutoKeras layers)" if exp.search.tuner == "autokeras" else "keras only",
+        "input": {"image_size": size, "clip_percentiles": list(exp.data.clip_percentiles),
+                  "frames": "raw 2-D frames, any size, float32 or uint16"},
+        "metrics": metrics,
+        "search": {"tuner": exp.search.tuner, "trials": len(read_trials(run.trials_log)),
+                   "objective": f"precision at recall >= floor on {best.split}", "tie_break": exp.objective.tie_break},
+        "seed": {"data": exp.data.seed, "search": exp.search.seed},
+        "versions": _versions(), "trials_log_sha256": _sha256(run.trials_log),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def serving_module(model, image_size: int, clip: tuple[float, float], threshold: float):
+    """A tf.Module whose signatures take raw frames (B, H, W) as float32 or uint16."""
+    import tensorflow as tf
+
+    from nas.preprocess import normalize_tf
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.threshold = tf.constant(threshold, tf.float32)
+
+        def _classify(self, frames):
+            x = normalize_tf(frames, image_size, clip)
+            prob = tf.reshape(self.model(x, training=False), [-1])
+            return {"probability": prob, "decision": prob >= self.threshold}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="frames")])
+        def serve(self, frames):
+            return self._classify(frames)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint16, name="frames")])
+        def serve_uint16(self, frames):
+            return self._classify(frames)
+
+    return Serving()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    cal = card["threshold_from"]
+    t, v = card["metrics"]["test"], card["metrics"][cal]
+    ci = t.get("precision_95ci"), t.get("recall_95ci")
+    fmt_ci = lambda c: f" (95% CI {c[0]:.3f}-{c[1]:.3f})" if c else ""  # noqa: E731
+    cm = t["confusion_matrix"]
+    lines = [
+        f"# Model card: {card['experiment']} / " + (f"mean of trials {', '.join(card['ensemble'])}" if card.get("ensemble")
+                                                    else f"trial {card['trial_id']}"),
+        "",
+        f"- Architecture family: `{card['architecture']}`, {card['params']} parameters, {card['latency_ms_batch1']} ms/frame at batch 1 (search machine)",
+        f"- Threshold {card['threshold']:.6g}, chosen on **{cal}** for recall >= {card['recall_floor']}"
+        + (f" (its {card['recall_confidence']:g} one-sided lower bound)" if card.get("recall_confidence") else ""),
+        f"- Input: raw frames of any size, normalized inside the model to {card['input']['image_size']} px",
+        "",
+        "| split | n | positives | precision | recall | weighted F1 | PR-AUC | precision at floor |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {cal} | {v['n']} | {v['positives']} | {v['precision']:.3f} | {v['recall']:.3f} | {v['weighted_f1']:.3f} | {v['pr_auc']:.3f} | {v['precision_at_floor']:.3f} |",
+        f"| test | {t['n']} | {t['positives']} | {t['precision']:.3f}{fmt_ci(ci[0])} | {t['recall']:.3f}{fmt_ci(ci[1])} | {t['weighted_f1']:.3f} | {t['pr_auc']:.3f} | {t['precision_at_floor']:.3f} |",
+        "",
+        *([f"{cal} = every train+val frame, scored by the one of the {card['folds']} fold models that did not train on it; "
+           f"the export averages the {card['folds']} fold models.", ""] if card.get("folds") else []),
+        f"Test confusion matrix at the threshold: TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']}.",
+        "",
+        "## Hyperparameters",
+        *[f"- `{k}`: {v}" for k, v in sorted(card["hyperparameters"].items())],
+        "",
+        f"Search: {card['search']['tuner']}, {card['search']['trials']} trials; trial log sha256 `{card['trials_log_sha256'][:16]}`.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plots(folder: Path, y: np.ndarray, p: np.ndarray, threshold: float, floor: float, report: dict[str, Any]) -> None:
+    """PR curve (floor and threshold marked), confusion matrix and score histograms, all on the test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    prec, rec, _ = precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(rec, prec, lw=1.5)
+    ax.axvline(floor, color="gray", ls="--", lw=1, label=f"recall floor {floor:g}")
+    ax.plot([report["recall"]], [report["precision"]], "o", color="C3", label=f"threshold {threshold:.3g}")
+    ax.set(xlabel="recall", ylabel="precision", title="PR curve (test split)", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(folder / "pr_curve.png", dpi=100)
+    plt.close(fig)
+
+    cm = report["confusion_matrix"]
+    grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(grid, cmap="Blues")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["neg", "pos"], yticklabels=["neg", "pos"],
+           xlabel="predicted", ylabel="true", title="Confusion (test split)")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    bins = np.linspace(0, 1, 26)
+    ax.hist(p[y == 0], bins=bins, alpha=0.6, label="negative")
+    ax.hist(p[y == 1], bins=bins, alpha=0.6, label="positive")
+    ax.axvline(threshold, color="C3", lw=1, label="threshold")
+    ax.set(xlabel="probability", ylabel="frames", title="Scores by class (test split)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "score_histograms.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,75 @@
+"""Everything stem-nas takes from KerasTuner beyond its documented API, in one place.
+
+KerasTuner 1.4.8 (pinned in pyproject.toml) writes its state JSON in place, keeps dead workers' trials for
+ever, and serves its oracle over gRPC with private classes. We replace its JSON writer with an atomic one,
+re-queue trials through the oracle's private retry queue, and serve the oracle with its own servicer.
+`check()` says, in one message, what an installed KerasTuner lacks; `apply()` installs the atomic writer
+when a run starts (not at import time, so importing nas changes nothing process-wide).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+from nas.errors import NasError
+
+# (module, attribute, what we use it for); all private to KerasTuner
+PRIVATE = (
+    ("keras_tuner.src.utils", "save_json", "atomic oracle and trial state files"),
+    ("keras_tuner.src.distribute.oracle_chief", "OracleServicer", "serving the oracle to workers"),
+    ("keras_tuner.src.protos", "get_service_grpc", "serving the oracle to workers"),
+)
+ORACLE_ATTRIBUTES = ("_retry_queue", "ongoing_trials", "tuner_ids", "trials", "populate_space", "remaining_trials")
+_state = {"applied": False}
+
+
+def check() -> None:
+    """Raise NasError naming every internal this KerasTuner lacks, and the version to install."""
+    import keras_tuner
+
+    missing = []
+    for module, attribute, why in PRIVATE:
+        try:
+            if not hasattr(importlib.import_module(module), attribute):
+                missing.append(f"{module}.{attribute} ({why})")
+        except ImportError:
+            missing.append(f"{module} ({why})")
+    oracle = keras_tuner.oracles.RandomSearchOracle(objective=keras_tuner.Objective("score", "max"), max_trials=1)
+    missing += [f"Oracle.{a} (re-queueing a dead worker's trial)" for a in ORACLE_ATTRIBUTES if not hasattr(oracle, a)]
+    if missing:
+        raise NasError(f"keras-tuner {keras_tuner.__version__} lacks what stem-nas relies on: {'; '.join(missing)}. "
+                       "Install the pinned version: pip install keras-tuner==1.4.8")
+
+
+def apply() -> None:
+    """Route every KerasTuner state file through our atomic writer (temp file, fsync, rename): KerasTuner
+    writes oracle.json and trial.json in place, so a kill mid-write would truncate them. Idempotent."""
+    if _state["applied"]:
+        return
+    check()
+    from keras_tuner.src import utils
+
+    from nas.runlog import atomic_write_text
+
+    def save_json(path, obj) -> str:
+        text = json.dumps(obj)
+        atomic_write_text(path, text)
+        return text
+
+    utils.save_json = save_json
+    _state["applied"] = True
+
+
+def retry_queue(oracle) -> list[str]:
+    """The oracle's queue of trial ids to hand out again (private in KerasTuner)."""
+    return oracle._retry_queue
+
+
+def oracle_servicer(oracle) -> tuple[Any, Any]:
+    """KerasTuner's gRPC servicer for an oracle, and the function that registers it on a grpc server."""
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+    return OracleServicer(oracle), protos.get_service_grpc().add_OracleServicer_to_server

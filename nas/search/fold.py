@@ -1,0 +1,184 @@
+"""Training one fold of a trial: restore or build the model, train its epochs, keep its weights, and
+predict its validation frames. A trial without cross-validation is one fold (train split, val split).
+
+Everything a fold leaves behind lives in its folder: epoch checkpoints while it runs, then
+`best.weights.h5` (the weights that score it) and `val_probs.npy` (its validation probabilities).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from nas import data as data_mod
+from nas import training
+from nas.checkpoint import ResumableEarlyStopping, TrialProgress, load_checkpoint
+from nas.config import TrainingConfig
+from nas.models import PR_AUC_METRIC
+from nas.prepare import FoldPlan, RunFrames
+from nas.search.interrupt import Interrupt, Reason
+from nas.stopwatch import Stopwatch
+
+WEIGHTS, PROBS = "best.weights.h5", "val_probs.npy"
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """One fold of one trial, as the tuner planned it."""
+
+    trial_id: str
+    plan: FoldPlan
+    folder: Path
+    epochs: int
+    initial_epoch: int
+    seed: int
+    image_size: int
+    batch_size: int
+    augment: dict[str, Any]
+    select_best_epoch: bool  # on the fold's val frames; never under cross-validation (those frames score it)
+    warm_from: Path | None = None  # Hyperband: the earlier round's weights of this fold
+    board: Path | None = None  # TensorBoard folder, if wanted
+    checkpoint_every_s: float = 0.0
+
+
+@dataclass
+class FoldOutcome:
+    """What a trained fold reports to its trial."""
+
+    index: int
+    prob: np.ndarray
+    epochs_run: int
+    best_epoch: int
+    val_loss: float | None = None
+    fit_seconds: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FoldContext:
+    """What every fold of a search shares: the frames, the training section, where events go, the deadline."""
+
+    frames: RunFrames
+    training: TrainingConfig
+    emit: Callable[..., None]
+    deadline: float | None
+
+
+def finish_fold(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: dict | None,
+                clock: Stopwatch) -> FoldOutcome:
+    """Train a restored or built model, keep its weights, predict the val frames: the rest of a fold."""
+    history, progress = train(model, job, ctx, start, ckpt, clock)
+    with clock.phase("save"):
+        keep_weights(model, progress, job.folder)
+    with clock.phase("predict"):
+        prob = training.predict_rows(model, ctx.frames.stores[job.image_size], job.plan.val_rows)
+        save_array(job.folder / PROBS, prob)
+    val_loss, index = history.get("val_loss", []), progress.best_epoch - start - 1
+    return FoldOutcome(job.plan.index, prob, start + len(history.get("loss", [])), progress.best_epoch,
+                       float(val_loss[index]) if 0 <= index < len(val_loss) else None,
+                       clock.seconds.get("train", 0.0) + clock.seconds.get("validate", 0.0))
+
+
+def restore_or_build(job: FoldJob, build: Callable[[int], keras.Model]) -> tuple[keras.Model, int, dict | None]:
+    """The interrupted fold's last checkpoint (weights, optimizer and callback state), or a fresh model
+    (warm-started from an earlier Hyperband round when the oracle says so). Returns it, its first epoch to
+    train, and the checkpoint."""
+    job.folder.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(job.folder)
+    if ckpt:
+        return keras.saving.load_model(job.folder / ckpt["model"]), ckpt["epoch"], ckpt
+    steps = -(-len(job.plan.train_rows) // job.batch_size) * (job.epochs - job.initial_epoch)
+    model = build(steps)  # a cosine schedule spans this fold's own epochs, so every Hyperband rung ends at rate 0
+    if job.warm_from is not None:
+        model.load_weights(job.warm_from)
+    return model, job.initial_epoch, None
+
+
+def train(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: dict | None,
+          clock: Stopwatch) -> tuple[dict[str, list[float]], TrialProgress]:
+    """Train from `start` to the fold's last epoch; raise Interrupt if the budget or a stop cut it short
+    (its last epoch is checkpointed), FloatingPointError if the loss diverged."""
+    frames, labels, plan = ctx.frames.stores[job.image_size], ctx.frames.labels, job.plan
+    weights = data_mod.class_weights(labels[plan.train_rows]) if ctx.training.class_weight == "auto" else None
+    patience = ctx.training.early_stopping_patience if job.select_best_epoch else 0
+    early = ResumableEarlyStopping(monitor=f"val_{PR_AUC_METRIC}", mode="max", patience=patience,
+                                   restored=(ckpt or {}).get("early_stopping")) if patience else None
+    progress = TrialProgress(ctx.emit, job.trial_id, job.folder, ctx.deadline, early=early, restored=ckpt,
+                             track_best=job.select_best_epoch, fold=None if job.select_best_epoch else plan.index,
+                             every_s=job.checkpoint_every_s, clock=clock)
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), progress]
+    if job.board is not None:
+        callbacks.append(Timed(keras.callbacks.TensorBoard(log_dir=str(job.board), write_graph=False, profile_batch=0),
+                               clock, "tensorboard"))
+    if early:
+        callbacks.append(early)
+
+    def batches(epoch: int):
+        return data_mod.epoch_batches(frames, labels, plan.train_rows, job.batch_size, epoch=epoch, shuffle=True,
+                                      seed=job.seed, augment=job.augment)
+
+    def val(epoch: int):
+        return data_mod.epoch_batches(frames, labels, plan.val_rows, job.batch_size, epoch=0, shuffle=False)
+
+    history = training.fit_epochs(model, batches, val if job.select_best_epoch else None, epochs=job.epochs,
+                         initial_epoch=start, class_weight=weights, callbacks=callbacks, clock=clock)
+    losses = history.get("loss", [])
+    if any(not math.isfinite(v) for v in losses):
+        raise FloatingPointError(f"loss became NaN or infinite at epoch {start + len(losses)}")
+    if start + len(losses) < job.epochs and not (early is not None and early.stopped_epoch > 0):
+        if progress.out_of_time:
+            raise Interrupt(Reason.BUDGET)
+        if progress.stopped_by:
+            raise Interrupt(Reason.STOP, f"stopped by {progress.stopped_by}")
+    return history, progress
+
+
+def keep_weights(model: keras.Model, progress: TrialProgress, folder: Path) -> None:
+    """The weights that score the fold (the best epoch's, or the last): into best.weights.h5 atomically."""
+    if progress.best_weights is not None:
+        model.set_weights(progress.best_weights)
+    tmp = folder / "best.tmp.weights.h5"
+    model.save_weights(tmp)
+    os.replace(tmp, folder / WEIGHTS)
+
+
+def save_array(path: Path, values: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, values)
+    os.replace(tmp, path)
+
+
+class Timed(keras.callbacks.Callback):
+    """A callback whose hooks' time is added to a stopwatch phase (TensorBoard's cost, for the record)."""
+
+    def __init__(self, inner: keras.callbacks.Callback, clock: Stopwatch, name: str):
+        super().__init__()
+        self.inner, self.clock, self.name = inner, clock, name
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.inner.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.inner.set_params(params)
+
+
+def _forward(hook: str):
+    def timed(self, *args, **kwargs):
+        with self.clock.phase(self.name):
+            return getattr(self.inner, hook)(*args, **kwargs)
+
+    return timed
+
+
+for _hook in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
+              "on_train_batch_end", "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end"):
+    setattr(Timed, _hook, _forward(_hook))
