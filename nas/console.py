@@ -66,7 +66,7 @@ class TrialPrinter:
         self.best = ev.get("best")
         self.bar = tqdm(total=ev["max_trials"], initial=ev.get("done", 0), desc="trials", unit="trial", file=sys.stderr,
                         leave=False, disable=not sys.stderr.isatty(), bar_format="{desc} {n}/{total} |{bar}| {elapsed} {postfix}")
-        where = (f"{ev['folds']}-fold cross-validation over {ev['train'] + ev['val']} train+val frames" if ev.get("folds")
+        where = (f"{ev['folds']}-fold cross-validation over {ev['val']} train+val frames" if ev.get("folds")
                  else f"{ev['train']} train / {ev['val']} val frames")
         self.say(f"search: {ev['tuner']} over {ev['space']}, up to {ev['max_trials']} trials; {where}"
                  + (f"; {ev['skipped']} bad frames skipped" if ev["skipped"] else "") + (" (resumed)" if ev["resumed"] else ""))

@@ -87,7 +87,9 @@ def _uninformative(column: str, rows: list[dict[str, Any]]) -> bool:
         return not any(r.get("reason") for r in rows)
     if column == "feasible":
         return all(r.get("feasible", True) for r in rows)
-    if column in ("folds", "split"):
+    if column == "folds":
+        return not any(r.get("folds") for r in rows)
+    if column == "split":
         return len({r.get(column) for r in rows}) <= 1
     if column == "tie_break":
         return all(r.get("tie_break") == r.get("pr_auc") for r in rows)

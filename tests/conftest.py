@@ -59,6 +59,40 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+def write_easy_data(root: Path, n: int = 96, groups: int = 6, seed: int = 0) -> Path:
+    """Frames a tiny CNN learns in two epochs: positives hold a bright disc, negatives none; each group
+    (session) has its own detector offset. For tests of what happens around learning, not of learning."""
+    import csv
+
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 else "negative"
+        group = (i // 2) % groups
+        frame = rng.normal(1000 + 300 * group, 40, (32, 32))
+        if label == "positive":
+            cy, cx = rng.integers(8, 24, 2)
+            frame += 900 * ((yy - cy) ** 2 + (xx - cx) ** 2 < 25)
+        (root / label).mkdir(parents=True, exist_ok=True)
+        path = f"{label}/f{i:03d}.tif"
+        tifffile.imwrite(root / path, np.clip(frame, 0, 65535).astype(np.uint16))
+        rows.append({"path": path, "label": label, "group": f"s{group}"})
+    with (root / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "group"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def easy_data(tmp_path_factory) -> Path:
+    return write_easy_data(tmp_path_factory.mktemp("easy_data"))
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, tiny_data) -> Path:
     """One finished 2-trial search, shared read-only by leaderboard/export tests."""

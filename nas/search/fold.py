@@ -74,6 +74,7 @@ class FoldContext:
 def finish_fold(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: dict | None,
                 clock: Stopwatch) -> FoldOutcome:
     """Train a restored or built model, keep its weights, predict the val frames: the rest of a fold."""
+    before = clock.seconds.get("train", 0.0) + clock.seconds.get("validate", 0.0)
     history, progress = train(model, job, ctx, start, ckpt, clock)
     with clock.phase("save"):
         keep_weights(model, progress, job.folder)
@@ -83,7 +84,7 @@ def finish_fold(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, 
     val_loss, index = history.get("val_loss", []), progress.best_epoch - start - 1
     return FoldOutcome(job.plan.index, prob, start + len(history.get("loss", [])), progress.best_epoch,
                        float(val_loss[index]) if 0 <= index < len(val_loss) else None,
-                       clock.seconds.get("train", 0.0) + clock.seconds.get("validate", 0.0))
+                       clock.seconds.get("train", 0.0) + clock.seconds.get("validate", 0.0) - before)
 
 
 def restore_or_build(job: FoldJob, build: Callable[[int], keras.Model]) -> tuple[keras.Model, int, dict | None]:
