@@ -114,6 +114,10 @@ class SearchConfig:
     recycle_every: int = key(0, _nonneg, "run trials in worker processes replaced every K trials; 0: in this process")
     hyperband_factor: int = key(3, _at_least(2))
     bayesian_initial_points: int = key(2, _positive)
+    precision: str = key("float32", _one_of(PRECISIONS), "arithmetic of training: float32, mixed_bfloat16, or auto "
+                         "(bfloat16 where the processor has native units and a short probe shows it faster)")
+    checkpoint_every_s: float = key(0.0, _nonneg, "write the running trial's epoch checkpoint at most this often "
+                                    "(seconds; 0: after every epoch); a stop or the deadline always writes one")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,9 +157,10 @@ class AugmentConfig:
     shift: float = key(0.0, _between(0.0, 0.25), "largest random shift, as a fraction of the frame; can push a particle out of frame")
     intensity: float = key(0.0, _between(0.0, 0.5), "random contrast and brightness jitter, as a fraction")
     noise: float = key(0.0, _between(0.0, 0.5), "extra shot-like noise: std at full intensity, scaling with sqrt(intensity)")
-
-    def active(self) -> bool:
-        return any(dataclasses.astuple(self))
+    blur: float = key(0.0, _between(0.0, 2.0), "Gaussian blur of up to this sigma (input pixels) on half the frames: probe sharpness")
+    scale: float = key(0.0, _between(0.0, 0.3), "zoom by up to this fraction in or out on half the frames: magnification")
+    tta: bool = key(False, help="test-time augmentation: predictions (validation, out-of-fold, the export) are the mean over "
+                    "the 8 flips and turns of each frame")
 
 
 @dataclass(frozen=True, kw_only=True)

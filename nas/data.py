@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nas.augment import augment_batch
 from nas.errors import NasError
 from nas.frames import FRAME_SUFFIXES
 
@@ -92,31 +93,6 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     """Balanced weights n / (2 n_c), so a rare class counts as much as a common one."""
     n, pos = len(labels), float(labels.sum())
     return {0: n / (2 * (n - pos)), 1: n / (2 * pos)}
-
-
-def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndarray:
-    """Microscopy augmentation of a batch (B, S, S) in [0, 1]; flips and 90-degree turns keep the label."""
-    x = x.copy()
-    b, s = x.shape[0], x.shape[1]
-    if cfg.get("flips"):
-        h, v = rng.random(b) < 0.5, rng.random(b) < 0.5
-        x[h] = x[h][:, :, ::-1]
-        x[v] = x[v][:, ::-1, :]
-    if cfg.get("rot90"):
-        turns = rng.integers(0, 4, b)
-        for k in (1, 2, 3):
-            x[turns == k] = np.rot90(x[turns == k], k, axes=(1, 2))
-    if cfg.get("shift"):
-        m = max(1, int(round(cfg["shift"] * s)))
-        padded = np.pad(x, ((0, 0), (m, m), (m, m)), mode="edge")
-        dy, dx = rng.integers(0, 2 * m + 1, (2, b))
-        x = np.stack([padded[i, dy[i] : dy[i] + s, dx[i] : dx[i] + s] for i in range(b)])
-    if cfg.get("intensity"):
-        a = cfg["intensity"]
-        x = x * rng.uniform(1 - a, 1 + a, (b, 1, 1)) + rng.uniform(-a / 2, a / 2, (b, 1, 1))
-    if cfg.get("noise"):
-        x = x + rng.normal(0, 1, x.shape) * cfg["noise"] * np.sqrt(np.clip(x, 0, 1))
-    return np.clip(x, 0, 1).astype(np.float32)
 
 
 def epoch_batches(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *,

@@ -70,7 +70,8 @@ def build_network(v: dict[str, Any], image_size: int) -> keras.Model:
         x = keras.layers.Dropout(v["head.dropout"])(x)
     if v["head.dense"] > 0:
         x = keras.layers.Dense(v["head.dense"], activation=v["blocks.activation"])(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    # float32 output under a mixed policy: a bfloat16 sigmoid has 8 bits of mantissa, too coarse for a threshold
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="haadf_classifier")
 
 

@@ -40,13 +40,37 @@ def recall_lower_bound(recall: np.ndarray, positives: int, confidence: float) ->
     return (centre - spread) / (1 + z * z / n)
 
 
-def precision_at_recall(y_true: np.ndarray, prob: np.ndarray, floor: float, confidence: float = 0.0) -> Operating:
+SESSION_DRAWS = 500  # draws of a new session in the grouped recall bound (seeded: the same answer every time)
+MIN_SESSIONS = 3  # fewer groups than this cannot say how sessions vary: the frame-level bound is used
+
+
+def session_recall_bound(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray, thresholds: np.ndarray,
+                         confidence: float, seed: int = 0) -> np.ndarray:
+    """For each threshold, the recall a *new session* reaches with probability `confidence`: draw a session
+    (one of those seen, alike), draw its positives with replacement, take the recall; the lower quantile
+    over draws. Sessions differ (magnification, dose, detector), so a threshold that keeps 0.90 recall on
+    the pooled frames can keep far less on one new session: that is what a user at the microscope meets."""
+    rng = np.random.default_rng(seed)
+    pos = [np.sort(prob[(groups == g) & (y_true == 1)]) for g in np.unique(groups)]
+    pos = [p for p in pos if len(p)]
+    recalls = np.empty((SESSION_DRAWS, len(thresholds)))
+    for b in range(SESSION_DRAWS):
+        session = pos[rng.integers(len(pos))]
+        drawn = np.sort(rng.choice(session, len(session)))
+        recalls[b] = 1.0 - np.searchsorted(drawn, thresholds, side="left") / len(drawn)  # share >= threshold
+    return np.quantile(recalls, 1.0 - confidence, axis=0, method="lower")
+
+
+def precision_at_recall(y_true: np.ndarray, prob: np.ndarray, floor: float, confidence: float = 0.0,
+                        groups: np.ndarray | None = None) -> Operating:
     """Highest precision among thresholds with recall >= floor (scikit-learn's PR curve, exact).
 
     With confidence > 0 a threshold qualifies only if the recall's one-sided lower bound at that
     confidence reaches the floor: a threshold tuned to exactly 0.90 recall on one validation set lands
-    below it on new frames about half the time, and further below on a new chip. A validation set with
-    too few positives to ever show that falls back to the plain rule, and `note` says so.
+    below it on new frames about half the time, and further below on a new chip. With `groups` (sessions,
+    at least MIN_SESSIONS of them) the bound is that of a new session (session_recall_bound); otherwise
+    Wilson's bound on the frames. A split with too few positives to ever show the frame bound falls back
+    to the plain rule, and `note` says so.
     Ties in precision go to the higher threshold (fewer positives called). With no positives in y_true,
     or no threshold reaching the floor, the score is 0 and `reason` says why.
     """
@@ -59,18 +83,25 @@ def precision_at_recall(y_true: np.ndarray, prob: np.ndarray, floor: float, conf
     precision, recall, thresholds = precision_recall_curve(y_true, prob)
     # precision[i], recall[i] belong to thresholds[i]; the last point (recall 0) has no threshold
     precision, recall = precision[:-1], recall[:-1]
-    note = ""
-    if confidence > 0 and recall_lower_bound(np.array([1.0]), int(y_true.sum()), confidence)[0] < floor:
-        note = (f"{int(y_true.sum())} positives cannot show recall >= {floor:g} with {confidence:g} confidence; "
-                "the threshold is chosen on val recall itself")
-        confidence = 0.0
-    reach = recall_lower_bound(recall, int(y_true.sum()), confidence) if confidence > 0 else recall
+    reach, note = _reach(y_true, prob, groups, recall, thresholds, floor, confidence)
     ok = np.flatnonzero(reach >= floor - 1e-12)
     if ok.size == 0:
         sure = f" with {confidence:g} confidence" if confidence > 0 else ""
         return Operating(0.0, float(recall.max(initial=0.0)), 1.0, f"no threshold reaches recall {floor:g}{sure}")
     best = ok[np.flatnonzero(precision[ok] == precision[ok].max())[-1]]  # the highest such threshold
     return Operating(float(precision[best]), float(recall[best]), float(thresholds[best]), note=note)
+
+
+def _reach(y_true, prob, groups, recall, thresholds, floor: float, confidence: float) -> tuple[np.ndarray, str]:
+    """The recall each threshold is credited with under the confidence rule, and a note on how."""
+    if confidence <= 0:
+        return recall, ""
+    if groups is not None and len(np.unique(np.asarray(groups)[y_true == 1])) >= MIN_SESSIONS:
+        return session_recall_bound(y_true, prob, np.asarray(groups), thresholds, confidence), ""
+    if recall_lower_bound(np.array([1.0]), int(y_true.sum()), confidence)[0] < floor:
+        return recall, (f"{int(y_true.sum())} positives cannot show recall >= {floor:g} with {confidence:g} "
+                        "confidence; the threshold is chosen on val recall itself")
+    return recall_lower_bound(recall, int(y_true.sum()), confidence), ""
 
 
 def tie_break_value(name: str, y_true: np.ndarray, prob: np.ndarray, params: int = 0, latency_ms: float = 0.0) -> float:
@@ -106,16 +137,59 @@ def classification_report(y_true: np.ndarray, prob: np.ndarray, threshold: float
 
 
 def objective_interval(y_true: np.ndarray, prob: np.ndarray, floor: float, n: int = 200, seed: int = 0,
-                       confidence: float = 0.0) -> list[float]:
-    """95% percentile-bootstrap interval of the exact objective (the threshold re-chosen in each resample)."""
+                       confidence: float = 0.0, groups: np.ndarray | None = None,
+                       threshold: float | None = None) -> list[float]:
+    """95% percentile-bootstrap interval of the exact objective. Frames resampled, the threshold re-chosen
+    in each resample; or, with groups (sessions) and the chosen threshold, whole sessions resampled and
+    the precision at that threshold taken: frames of one session are not independent, and how much the
+    figure moves from session to session is what a new session will see."""
     y_true = np.asarray(y_true).astype(int).ravel()
     prob = np.asarray(prob, dtype=np.float64).ravel()
     rng = np.random.default_rng(seed)
+    if groups is not None and threshold is not None and len(np.unique(groups)) >= MIN_SESSIONS:
+        return _session_interval(y_true, prob >= threshold, np.asarray(groups), rng, n, draw=None)["precision"]
     scores = []
     for _ in range(n):
         idx = rng.integers(0, len(y_true), len(y_true))
         scores.append(precision_at_recall(y_true[idx], prob[idx], floor, confidence).precision)
     return [float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))]
+
+
+def _session_interval(y_true: np.ndarray, called: np.ndarray, groups: np.ndarray, rng: np.random.Generator, n: int,
+                      draw: int | None) -> dict[str, list[float]]:
+    """95% intervals of precision and recall at fixed decisions, resampling `draw` sessions (default: as
+    many as there are) with replacement."""
+    names = np.unique(groups)
+    tp = np.array([np.sum(called & (y_true == 1) & (groups == g)) for g in names], float)
+    pp = np.array([np.sum(called & (groups == g)) for g in names], float)
+    pos = np.array([np.sum((y_true == 1) & (groups == g)) for g in names], float)
+    weights = rng.multinomial(draw or len(names), np.full(len(names), 1 / len(names)), size=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = (weights @ tp) / (weights @ pp)
+        rec = (weights @ tp) / (weights @ pos)
+    return {"precision": _percentiles95(prec), "recall": _percentiles95(rec)}
+
+
+def _percentiles95(values: np.ndarray) -> list[float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return [0.0, 1.0]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def expected_on_new_data(y_true: np.ndarray, prob: np.ndarray, threshold: float, groups: np.ndarray | None,
+                         sessions: int, frames: int, n: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """95% intervals of the precision and recall the threshold will give on new data like a split of
+    `sessions` new sessions (or, ungrouped, `frames` new frames), from validation probabilities."""
+    y_true = np.asarray(y_true).astype(int).ravel()
+    called = np.asarray(prob).ravel() >= threshold
+    rng = np.random.default_rng(seed)
+    if groups is not None and sessions and len(np.unique(groups)) >= MIN_SESSIONS:
+        return _session_interval(y_true, called, np.asarray(groups), rng, n, draw=sessions)
+    idx = rng.integers(0, len(y_true), size=(n, max(1, frames)))
+    t, p = y_true[idx], called[idx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"precision": _percentiles95((t & p).sum(1) / p.sum(1)), "recall": _percentiles95((t & p).sum(1) / t.sum(1))}
 
 
 def bootstrap_interval(y_true: np.ndarray, prob: np.ndarray, threshold: float, n: int, seed: int = 0) -> dict[str, list[float]]:

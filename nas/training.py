@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from nas.augment import TTA_VIEWS, dihedral_views
 from nas.stopwatch import Stopwatch
 
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]  # epoch -> that epoch's batches
@@ -78,9 +79,17 @@ def _validate(model: keras.Model, batches: Iterable, cbs: keras.callbacks.Callba
     return val_logs
 
 
-def predict_rows(model: keras.Model, frames, rows: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Probabilities for rows of a frame store, fed synchronously like training (see the module note)."""
+def predict_rows(model: keras.Model, frames, rows: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
+    """Probabilities for rows of a frame store, fed synchronously like training (see the module note);
+    with tta, the mean over each frame's 8 flips and turns."""
     rows = np.asarray(rows)
-    out = [np.asarray(model.predict_on_batch(frames[rows[i : i + batch_size]][..., None])).reshape(-1)
-           for i in range(0, len(rows), batch_size)]
+    step = batch_size // TTA_VIEWS if tta else batch_size
+    out = []
+    for i in range(0, len(rows), step):
+        x = frames[rows[i : i + step]][..., None]
+        if tta:
+            prob = np.asarray(model.predict_on_batch(dihedral_views(x))).reshape(TTA_VIEWS, -1).mean(axis=0)
+        else:
+            prob = np.asarray(model.predict_on_batch(x)).reshape(-1)
+        out.append(prob)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

@@ -146,3 +146,24 @@ def test_kill_9_mid_fold_then_resume_trains_each_fold_exactly_once(tmp_path, eas
     restarted = [e for e in events if e["event"] == "trial_started"][-1]
     # fold 0 kept; fold 1 continued from a checkpoint (epoch 1 is on disk before epoch 2 is logged)
     assert restarted["folds_done"] == 1 and restarted["resumed_from_epoch"] >= 1
+
+
+def test_bfloat16_training_exports_a_float32_model_whose_probabilities_match(tmp_path, easy_data):
+    """search.precision = mixed_bfloat16 trains in bfloat16; the export serves float32, recalibrates on the
+    float32 probabilities, and states how far they moved from the scored ones (at most 0.02 here)."""
+    exp = cv_experiment(tmp_path / "e.toml", easy_data, search={"precision": "mixed_bfloat16", "tuner": "random"},
+                        budget={"max_trials": 1, "epochs": 3})
+    res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")
+    assert res.code == 0, res.err
+    run = tmp_path / "res" / "tiny" / "r"
+    assert read_trials(run / "trials.jsonl")["0"].precision_policy == "mixed_bfloat16"
+    started = read_events(run / "trials.jsonl")[0]
+    assert started["precision"]["policy"] == "mixed_bfloat16"
+    assert cli("export", run).code == 0
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    assert (card["trained_in"], card["serves_in"]) == ("mixed_bfloat16", "float32")
+    assert 0 < card["max_probability_change_from_search"] <= 0.02
+    import keras
+
+    model = keras.saving.load_model(run / "export" / "model.keras")
+    assert {layer.dtype_policy.name for layer in model.layers[1].layers} == {"float32"}

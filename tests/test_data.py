@@ -197,7 +197,7 @@ def test_augmentation_keeps_content_and_applies_to_training_only(tmp_path, tiny_
     monkeypatch.setattr(data, "epoch_batches", lambda *a, **k: calls.append((k.get("shuffle"), k.get("augment"))) or real(*a, **k))
     exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 1, "epochs": 1}, augment={"flips": True, "rot90": True})
     assert cli("search", exp, "--results", tmp_path / "res").code == 0
-    assert (True, {"flips": True, "rot90": True, "shift": 0.0, "intensity": 0.0, "noise": 0.0}) in calls
+    assert any(shuffle and aug["flips"] and aug["rot90"] and not aug["noise"] for shuffle, aug in calls)
     assert all(aug is None for shuffle, aug in calls if not shuffle)  # validation is never augmented
 
 

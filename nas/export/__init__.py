@@ -43,13 +43,14 @@ def _export(opened, trial_id: str | None, final: Path, *, refit_on: bool, ensemb
     members = members_mod.choose(opened.run, trial_id, ensemble)
     size = members_mod.image_size(opened, members)
     frames = opened.frames(all_sizes=size != opened.exp.data.image_size)
-    net = members_mod.network(opened, members, size)
-    cal = calibrate(opened, members, net, frames, size)
+    net, fold_models = members_mod.network(opened, members, size)
+    cal = calibrate(opened, members, net, fold_models, frames, size)
     several = len(members) > 1 or len(members[0].weights) > 1
     latency = round(measure_latency_ms(net, size), 4) if several else None  # a mean costs its members' latencies
     refit_info = None
     if refit_on:
         net, refit_info = refit(opened, members[0], frames, size)
     exp = opened.exp
-    results = evaluate(net, frames, size, cal, exp.objective.recall_floor, exp.export.bootstrap, exp.data.seed)
+    results = evaluate(net, frames, size, cal, exp.objective.recall_floor, exp.export.bootstrap, exp.data.seed,
+                       tta=exp.augment.tta)
     return write_export(final, opened, members, net, size, cal, results, latency=latency, refit=refit_info)

@@ -12,10 +12,15 @@ from nas import data as data_mod
 from nas import training
 from nas.errors import NasError
 from nas.export.members import Member, architecture
-from nas.objective import Operating, bootstrap_interval, classification_report, precision_at_recall
+from nas.objective import (
+    Operating,
+    bootstrap_interval,
+    classification_report,
+    expected_on_new_data,
+    precision_at_recall,
+)
 from nas.prepare import RunFrames
 from nas.reopen import OpenRun
-from nas.search.racing import OOF_PROBS
 
 
 @dataclass(frozen=True)
@@ -25,25 +30,42 @@ class Calibration:
     split: str  # "val", or "oof": every train+val frame, scored by the fold model that did not train on it
     y: np.ndarray
     prob: np.ndarray
+    groups: np.ndarray
     op: Operating
+    drift_from_search: float | None = None  # largest |export - search| probability of a single member
 
 
-def calibrate(opened: OpenRun, members: list[Member], net, frames: RunFrames, size: int) -> Calibration:
-    """The members' (mean) validation probabilities and the threshold the objective's rule picks on them.
-    Under cross-validation these are the pooled out-of-fold probabilities the search scored."""
+def calibrate(opened: OpenRun, members: list[Member], net, fold_models: list[list], frames: RunFrames,
+              size: int) -> Calibration:
+    """The members' (mean) validation probabilities and the threshold the objective's rule picks on them,
+    computed by the exported arithmetic (float32). Under cross-validation these are the pooled out-of-fold
+    probabilities: each fold's frames scored by the fold model that did not train on them."""
+    tta = opened.exp.augment.tta
     if frames.cv:
         rows = frames.validation_rows()
-        prob = np.mean([np.load(opened.run.trial_dir(m.trial_id) / OOF_PROBS) for m in members], axis=0)
+        store = frames.stores[size]
+        prob = np.mean([np.concatenate([training.predict_rows(models[p.index], store, p.val_rows, tta=tta)
+                                        for p in frames.plans()]) for models in fold_models], axis=0)
         split = "oof"
     else:
         rows = frames.rows("val")
-        prob = training.predict_rows(net, frames.stores[size], rows)
+        prob = training.predict_rows(net, frames.stores[size], rows, tta=tta)
         split = "val"
-    objective = opened.exp.objective
-    op = precision_at_recall(frames.labels[rows], prob, objective.recall_floor, objective.recall_confidence)
+    objective, groups = opened.exp.objective, frames.groups[rows]
+    op = precision_at_recall(frames.labels[rows], prob, objective.recall_floor, objective.recall_confidence, groups=groups)
     if op.reason:
         raise NasError(f"trial {members[0].trial_id}: cannot calibrate a threshold on {split} data: {op.reason}")
-    return Calibration(split, frames.labels[rows], prob, op)
+    return Calibration(split, frames.labels[rows], prob, groups, op, _drift(opened, members, prob, frames.cv))
+
+
+def _drift(opened: OpenRun, members: list[Member], prob: np.ndarray, cv: bool) -> float | None:
+    """How far the exported arithmetic (float32) moves a single trial's probabilities from those its
+    search scored (bfloat16 training, or none at all): the model card states it."""
+    saved = opened.run.trial_dir(members[0].trial_id) / ("oof_probs.npy" if cv else "val_probs.npy")
+    if len(members) > 1 or not saved.is_file():
+        return None
+    searched = np.load(saved)
+    return float(np.max(np.abs(searched - prob))) if searched.shape == prob.shape else None
 
 
 def refit(opened: OpenRun, member: Member, frames: RunFrames, size: int):
@@ -69,15 +91,19 @@ def refit(opened: OpenRun, member: Member, frames: RunFrames, size: int):
                    "note": "threshold chosen before refit, on the searched model's validation probabilities"}
 
 
-def evaluate(net, frames: RunFrames, size: int, cal: Calibration, floor: float, resamples: int, seed: int) -> dict:
+def evaluate(net, frames: RunFrames, size: int, cal: Calibration, floor: float, resamples: int, seed: int,
+             tta: bool = False) -> dict:
     """Figures at the calibrated threshold on the calibration split and on the test split (read here,
     once), with bootstrap intervals; also the test probabilities for the plots."""
     test_rows = frames.rows("test")
-    p_test = training.predict_rows(net, frames.stores[size], test_rows)  # the one and only read of the test split
+    # what the calibration data expects of a split like the test one, stated before the test split is read
+    expected = expected_on_new_data(cal.y, cal.prob, cal.op.threshold, cal.groups,
+                                    sessions=len(set(frames.groups[test_rows]) - {""}), frames=len(test_rows), seed=seed)
+    p_test = training.predict_rows(net, frames.stores[size], test_rows, tta=tta)  # the one and only read of the test split
     y_test = frames.labels[test_rows]
     out = {}
     for name, y, p in ((cal.split, cal.y, cal.prob), ("test", y_test, p_test)):
         figures = classification_report(y, p, cal.op.threshold, floor)
         figures.update(bootstrap_interval(y, p, cal.op.threshold, resamples, seed=seed))
         out[name] = figures
-    return {"metrics": out, "y_test": y_test, "p_test": p_test, "test_rows": test_rows}
+    return {"metrics": out, "expected_on_test": expected, "y_test": y_test, "p_test": p_test, "test_rows": test_rows}

@@ -106,21 +106,25 @@ def architecture(opened: OpenRun, rec: TrialRecord, size: int, *, compiled: bool
 
 
 def network(opened: OpenRun, members: list[Member], size: int):
-    """One Keras model: the members' models with their scored weights, averaged when there are several."""
+    """One Keras model in float32 (whatever precision trained it): the members' models with their scored
+    weights, averaged when there are several. Returns it and each member's models (one per fold)."""
     import keras
 
     keras.backend.clear_session()
-    models = []
+    keras.mixed_precision.set_global_policy("float32")  # weights are float32 under either policy
+    per_member: list[list] = []
     for member in members:
+        per_member.append([])
         for k, path in enumerate(member.weights):
             model = architecture(opened, member.record, size, compiled=False)
             with warnings.catch_warnings():  # a compiled AutoKeras model warns that optimizer state is not loaded
                 warnings.simplefilter("ignore", UserWarning)
                 model.load_weights(path)  # best (or last) epoch, batch-norm statistics included
             model.name = f"trial_{member.trial_id}" + (f"_fold_{k}" if len(member.weights) > 1 else "")
-            models.append(model)
+            per_member[-1].append(model)
+    models = [m for group in per_member for m in group]
     if len(models) == 1:
-        return models[0]
+        return models[0], per_member
     inputs = keras.Input(models[0].input_shape[1:], name="frame")
     mean = keras.layers.Average(name="mean_probability")([m(inputs) for m in models])
-    return keras.Model(inputs, mean, name="ensemble")
+    return keras.Model(inputs, mean, name="ensemble"), per_member

@@ -34,13 +34,15 @@ def write_export(final: Path, opened: OpenRun, members: list[Member], net, size:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        module = serving_module(net, size, clip, cal.op.threshold)
+        module = serving_module(net, size, clip, cal.op.threshold, tta=opened.exp.augment.tta)
         tf.saved_model.save(module, str(tmp / SAVED_MODEL),
                             signatures={"serving_default": module.serve, "serve_uint16": module.serve_uint16})
         net.save(tmp / "model.keras")
         for src in (run.trials_log, run.split, run.experiment, run.space):
             shutil.copy2(src, tmp / src.name)
         card = model_card(opened, members, net, size, cal, results["metrics"], latency=latency, refit=refit)
+        card["expected_on_test"] = {**results["expected_on_test"], "note": "95% intervals of test precision and recall "
+                                    f"at the threshold, predicted from the {cal.split} probabilities before the test split was read"}
         atomic_write_json(tmp / "model_card.json", card)
         atomic_write_text(tmp / "MODEL_CARD.md", _card_markdown(card))
         _plots(tmp, results["y_test"], results["p_test"], cal.op.threshold, opened.exp.objective.recall_floor,
@@ -73,6 +75,9 @@ def model_card(opened: OpenRun, members: list[Member], net, size: int, cal: Cali
         "search_estimate": {"objective": best.objective, "ci95": list(best.objective_ci95 or ()), "split": best.split},
         "refit": refit,
         "keras_file_needs": "autokeras (AutoKeras layers)" if exp.search.tuner == "autokeras" else "keras only",
+        "tta": exp.augment.tta,
+        "trained_in": best.precision_policy or "float32", "serves_in": "float32",
+        "max_probability_change_from_search": cal.drift_from_search,
         "input": {"image_size": size, "clip_percentiles": list(exp.data.clip_percentiles),
                   "frames": "raw 2-D frames, any size, float32 or uint16"},
         "metrics": metrics,
@@ -84,10 +89,11 @@ def model_card(opened: OpenRun, members: list[Member], net, size: int, cal: Cali
     }
 
 
-def serving_module(model, image_size: int, clip: tuple[float, float], threshold: float):
+def serving_module(model, image_size: int, clip: tuple[float, float], threshold: float, tta: bool = False):
     """A tf.Module whose signatures take raw frames (B, H, W) as float32 or uint16."""
     import tensorflow as tf
 
+    from nas.augment import TTA_VIEWS, dihedral_views_tf
     from nas.preprocess import normalize_tf
 
     class Serving(tf.Module):
@@ -98,7 +104,10 @@ def serving_module(model, image_size: int, clip: tuple[float, float], threshold:
 
         def _classify(self, frames):
             x = normalize_tf(frames, image_size, clip)
-            prob = tf.reshape(self.model(x, training=False), [-1])
+            if tta:  # the mean over the 8 flips and turns, as the threshold was calibrated
+                prob = tf.reduce_mean(tf.reshape(self.model(dihedral_views_tf(x), training=False), [TTA_VIEWS, -1]), axis=0)
+            else:
+                prob = tf.reshape(self.model(x, training=False), [-1])
             return {"probability": prob, "decision": prob >= self.threshold}
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="frames")])

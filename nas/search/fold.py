@@ -79,7 +79,7 @@ def finish_fold(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, 
     with clock.phase("save"):
         keep_weights(model, progress, job.folder)
     with clock.phase("predict"):
-        prob = training.predict_rows(model, ctx.frames.stores[job.image_size], job.plan.val_rows)
+        prob = training.predict_rows(model, ctx.frames.stores[job.image_size], job.plan.val_rows, tta=bool(job.augment.get("tta")))
         save_array(job.folder / PROBS, prob)
     val_loss, index = history.get("val_loss", []), progress.best_epoch - start - 1
     return FoldOutcome(job.plan.index, prob, start + len(history.get("loss", [])), progress.best_epoch,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas import ktadapter, stopping
+from nas import ktadapter, precision, stopping
 from nas.config import Experiment
 from nas.errors import NasError, Recycled, Stopped
 from nas.prepare import Progress, RunFrames, split_new_run
@@ -100,9 +100,11 @@ def _quiet() -> None:
 
 
 def _tuner(opened: OpenRun, frames: RunFrames, log: EventLog, deadline: float | None, stop_after: int | None = None) -> NasTuner:
-    """The tuner over the run's oracle and hypermodel (KerasTuner prints "Reloading Tuner from ...": hushed)."""
+    """The tuner over the run's oracle and hypermodel (KerasTuner prints "Reloading Tuner from ...": hushed),
+    in the run's arithmetic precision."""
     ktadapter.apply()
     _quiet()
+    precision.apply(precision.choose(opened.exp.search.precision, opened.run.path, opened.exp.data.image_size)["policy"])
     exp, space = opened.exp, opened.space
     oracle = make_oracle(exp.search, exp.budget, space)
     hypermodel = make_hypermodel(exp, space, n_train=len(frames.plans()[0].train_rows))
@@ -115,13 +117,14 @@ def _tuner(opened: OpenRun, frames: RunFrames, log: EventLog, deadline: float | 
 
 def _announce(opened: OpenRun, frames: RunFrames, log: EventLog, resume: bool) -> None:
     exp, budget = opened.exp, opened.exp.budget
+    arithmetic = precision.choose(exp.search.precision, opened.run.path, exp.data.image_size)
     logged = [t for t in log.trials().values() if t.usable]
     plans = frames.plans()
     log.emit(Event.SEARCH_STARTED, resumed=resume, tuner=exp.search.tuner, space=opened.space.name, done=len(logged),
              best=max((t.objective for t in logged), default=None), max_trials=budget.max_trials,
              time_budget=budget.time_budget, train=int(len(plans[0].train_rows)), val=int(len(frames.validation_rows())),
              folds=len(plans) if frames.cv else 0, skipped=len(frames.cached.skipped), balance=frames.balance(),
-             cache=str(frames.cached.directory), decoded=frames.cached.rebuilt)
+             cache=str(frames.cached.directory), decoded=frames.cached.rebuilt, precision=arithmetic)
 
 
 def _search(opened: OpenRun, *, resume: bool, session: Session) -> RunDir:
@@ -165,6 +168,8 @@ def _loop(tuner: NasTuner, log: EventLog, run: RunDir, exp: Experiment) -> RunDi
             f"search stopped: {exp.search.max_consecutive_failures} consecutive trials failed "
             f"(see {run.trials_log}); finished trials are kept. Last error: {str(exc).splitlines()[-1][:300]}"
         ) from None
+    finally:
+        precision.apply(precision.FLOAT32)  # the process goes on (tests, notebooks): leave the default behind
     log.emit(Event.SEARCH_ENDED, reason=reason)
     return run
 

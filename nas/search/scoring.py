@@ -24,11 +24,13 @@ class Score:
 
 
 def score(y: np.ndarray, prob: np.ndarray, objective: ObjectiveConfig, *, seed: int, params: int,
-          latency_ms: float, interval: bool = True) -> Score:
-    """The trial's figures on the validation frames: objective, 95% interval, operating point, tie-break."""
+          latency_ms: float, groups: np.ndarray | None = None, interval: bool = True) -> Score:
+    """The trial's figures on the validation frames: objective, 95% interval, operating point, tie-break.
+    With groups (sessions) the recall bound and the interval are those of new sessions."""
     floor, sure = objective.recall_floor, objective.recall_confidence
-    op = precision_at_recall(y, prob, floor, sure)
-    low, high = objective_interval(y, prob, floor, seed=seed, confidence=sure) if interval else (op.precision, op.precision)
+    op = precision_at_recall(y, prob, floor, sure, groups=groups)
+    low, high = (objective_interval(y, prob, floor, seed=seed, confidence=sure, groups=groups, threshold=op.threshold)
+                 if interval else (op.precision, op.precision))
     return Score(op.precision, (low, high), op.recall, op.threshold, op.reason, op.note,
                  tie_break_value(objective.tie_break, y, prob, params=params, latency_ms=latency_ms),
                  tie_break_value("pr_auc", y, prob))

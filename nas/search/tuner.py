@@ -62,6 +62,7 @@ class NasTuner(BaseTuner):
         self.run, self.exp, self.frames, self.log, self.deadline = run, exp, frames, log, deadline
         self.stop_after, self.trials_run, self.ended_at = stop_after, 0, time.perf_counter()
         self.ctx = fold_mod.FoldContext(frames, exp.training, log.emit, deadline)
+        self.policy = keras.mixed_precision.global_policy().name  # set by the run's precision decision
         super().__init__(oracle, hypermodel, directory=str(run.tuner), project_name="search", overwrite=False)
 
     def pre_create_trial(self):
@@ -102,7 +103,8 @@ class NasTuner(BaseTuner):
     def plan(self, trial) -> TrialPlan:
         """Seed the trial, resolve its values, and read what the oracle asks of it."""
         hp, tid = trial.hyperparameters, trial.trial_id
-        keras.backend.clear_session()
+        keras.backend.clear_session()  # Keras 3 keeps the dtype policy in the state this clears: set it again
+        keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(trial_seed(self.exp.search.seed, tid))
         values = self.hypermodel.space.resolve(hp)
         searched = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}  # AutoKeras adds its own
@@ -159,7 +161,7 @@ class NasTuner(BaseTuner):
             trial_id=plan.trial_id, plan=fplan, folder=self.fold_folder(plan.trial_id, fplan.index), epochs=plan.epochs,
             initial_epoch=plan.initial_epoch, seed=trial_seed(self.exp.search.seed, plan.trial_id, fplan.index),
             image_size=plan.image_size, batch_size=self.exp.search.batch_size, augment=plan.augment,
-            select_best_epoch=not self.frames.cv, warm_from=warm,
+            select_best_epoch=not self.frames.cv, warm_from=warm, checkpoint_every_s=self.exp.search.checkpoint_every_s,
             board=board / f"fold-{fplan.index}" if self.frames.cv else board)
 
     def fold_folder(self, trial_id: str, fold: int) -> Path:
@@ -195,7 +197,8 @@ class NasTuner(BaseTuner):
     def fold_finished(self, plan: TrialPlan, outcome: fold_mod.FoldOutcome, job: fold_mod.FoldJob, clock: Stopwatch) -> None:
         y = self.frames.labels[job.plan.val_rows]
         with clock.phase("objective"):
-            s = score(y, outcome.prob, self.exp.objective, seed=int(plan.trial_id), params=0, latency_ms=0.0, interval=False)
+            s = score(y, outcome.prob, self.exp.objective, seed=int(plan.trial_id), params=0, latency_ms=0.0,
+                      groups=self.frames.groups[job.plan.val_rows], interval=False)
         self.log.emit(Event.FOLD_FINISHED, trial_id=plan.trial_id, fold=outcome.index, objective=s.objective,
                       threshold=s.threshold, n=int(len(y)), positives=int(y.sum()), epochs_run=outcome.epochs_run,
                       seconds=round(outcome.fit_seconds, 3))
@@ -216,7 +219,7 @@ class NasTuner(BaseTuner):
             fold_mod.save_array(self.run.trial_dir(plan.trial_id) / "oof_probs.npy", prob)
         with clock.phase("objective"):
             s = score(self.frames.labels[rows], prob, self.exp.objective, seed=int(plan.trial_id), params=params,
-                      latency_ms=latency)
+                      latency_ms=latency, groups=self.frames.groups[rows])
         with clock.phase("tensorboard"):
             write_hparams(self.run.path / "tensorboard" / plan.trial_id, plan, s.objective, s.tie_break, params, latency)
         first = outcomes[0]
@@ -232,7 +235,8 @@ class NasTuner(BaseTuner):
     def record(self, record: TrialRecord, seconds: float, clock: Stopwatch) -> None:
         """Log the finished trial and drop its epoch checkpoints (its weights and probabilities stay)."""
         self.log.finished(record.replace(seconds=round(seconds, 3), timing=clock.rounded(), rss_mb=current_rss_mb(),
-                                         pid=os.getpid(), tuner_id=str(self.tuner_id)))
+                                         pid=os.getpid(), tuner_id=str(self.tuner_id),
+                                         precision_policy=self.policy))
         for fplan in self.frames.plans():
             clear_checkpoint(self.fold_folder(record.trial_id, fplan.index))
 
