@@ -61,6 +61,7 @@ class NasTuner(BaseTuner):
                  deadline: float | None, stop_after: int | None = None):
         self.run, self.exp, self.frames, self.log, self.deadline = run, exp, frames, log, deadline
         self.stop_after, self.trials_run, self.ended_at = stop_after, 0, time.perf_counter()
+        self.rss_after_first: float | None = None
         self.ctx = fold_mod.FoldContext(frames, exp.training, log.emit, deadline)
         self.policy = keras.mixed_precision.global_policy().name  # set by the run's precision decision
         super().__init__(oracle, hypermodel, directory=str(run.tuner), project_name="search", overwrite=False)
@@ -70,13 +71,20 @@ class NasTuner(BaseTuner):
             raise Interrupt(Reason.BUDGET)
         if stopping.requested():
             raise Interrupt(Reason.STOP, f"stopped by {stopping.requested()}")
-        if self.stop_after and self.trials_run >= self.stop_after and self.oracle.remaining_trials() != 0:
-            raise Interrupt(Reason.RECYCLE, f"{self.trials_run} trials run in this worker process")
+        if self.stop_after and self.oracle.remaining_trials() != 0:
+            if self.trials_run >= self.stop_after:
+                raise Interrupt(Reason.RECYCLE, f"{self.trials_run} trials run in this worker process")
+            grown, limit = current_rss_mb() - (self.rss_after_first or 0.0), self.exp.search.recycle_memory_mb
+            if self.rss_after_first is not None and limit and grown > limit:
+                raise Interrupt(Reason.RECYCLE, f"resident memory grew {grown:.0f} MB over {self.trials_run} trials in "
+                                                "this worker process")
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         self.trials_run += 1
         self.ended_at = time.perf_counter()
+        if self.rss_after_first is None:
+            self.rss_after_first = current_rss_mb()  # TensorFlow's own start-up is done by now
 
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         clock = Stopwatch()
