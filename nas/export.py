@@ -26,6 +26,7 @@ from nas import data as data_mod  # noqa: E402
 from nas import splits as splits_mod  # noqa: E402
 from nas.errors import NasError  # noqa: E402
 from nas.objective import bootstrap_interval, classification_report, precision_at_recall, rank_key  # noqa: E402
+from nas.report import write_export_report  # noqa: E402
 from nas.runlog import (  # noqa: E402
     RunDir,
     atomic_write_json,
@@ -281,6 +282,9 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False,
         atomic_write_json(tmp / "model_card.json", card)
         atomic_write_text(tmp / "MODEL_CARD.md", _card_markdown(card))
         _plots(tmp, y_test, p_test, op.threshold, floor, test)
+        # the report's one input from export: the test split as scored above (saved for `nas report`)
+        write_export_report(tmp, model, cached.frames, np.flatnonzero(split_arr == "test"), y_test, p_test, op.threshold,
+                            [r.path for r, s in zip(cached.records, split_arr, strict=True) if s == "test"], run=run.path)
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         if final.exists():
             os.replace(final, old)
