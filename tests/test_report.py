@@ -148,7 +148,8 @@ def test_ensemble_export_explains_its_decisions_by_occlusion(finished_run, tmp_p
     md = (tmp_path / "ens" / "report" / "report.md").read_text()
     assert "Maps: occlusion" in md
     with np.load(tmp_path / "ens" / "gallery.npz") as z:
-        assert z["saliency"].shape == z["frames"].shape and z["saliency"].max() == 255  # each map scaled to its maximum
+        assert z["positive"].shape == z["negative"].shape == z["frames"].shape
+        assert max(z["positive"].max(), z["negative"].max()) == 255  # both maps of a frame on its own scale
 
 
 def test_export_ends_with_what_was_found_on_a_clean_terminal(finished_run, tiny_data, tmp_path):

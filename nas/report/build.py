@@ -55,8 +55,8 @@ def write_export_report(folder: str | Path, model, frames, rows, labels, probs, 
     picks = select(labels, probs, threshold, GALLERY_MAX, BORDERLINE)
     shown = np.unique(np.concatenate([picks[k] for k in KINDS])).astype(np.int64)
     chosen = np.asarray(frames[rows[shown]], dtype=np.float32)
-    maps, method = saliency_maps(model, chosen, probs[shown] >= threshold)
-    save_gallery(folder, picks, chosen, maps, method, GALLERY_MAX, BORDERLINE)
+    positive, negative, method = saliency_maps(model, chosen)
+    save_gallery(folder, picks, chosen, positive, negative, method, GALLERY_MAX, BORDERLINE)
     return _write(RunDir(Path(run)), folder, folder / EXPORT_REPORT, top=5)
 
 

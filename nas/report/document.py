@@ -38,7 +38,7 @@ class Figure:
 
 @dataclass(frozen=True)
 class Tile:
-    """One frame of a gallery: its thumbnail (frame | saliency overlay) and a caption."""
+    """One frame of a gallery: its thumbnail (the frame and its evidence maps) and a caption."""
 
     name: str
     png: bytes
@@ -66,8 +66,9 @@ code { background: #eef2f6; padding: 0 0.25em; border-radius: 3px; }
 img.figure { max-width: 100%; display: block; margin: 0.6em 0; }
 section.gallery { display: flex; flex-wrap: wrap; gap: 10px; margin: 0.6em 0 1.2em; }
 figure.tile { margin: 0; padding: 4px; border: 1px solid #c9d1d9; border-radius: 4px; background: #f7f9fb; }
-figure.tile img { display: block; width: 256px; image-rendering: pixelated; }
-figure.tile figcaption { font-size: 0.78em; max-width: 256px; overflow-wrap: anywhere; }
+figure.tile img { display: block; width: 336px; image-rendering: pixelated; }
+figure.tile figcaption { font-size: 0.78em; max-width: 336px; overflow-wrap: anywhere; }
+div.wide { overflow-x: auto; }
 """
 
 
@@ -113,12 +114,12 @@ def to_markdown(title: str, blocks: list[Block], gallery_dir: str = "gallery") -
 
 
 def _md_gallery(block: Gallery, gallery_dir: str, files: dict[str, bytes]) -> list[str]:
-    """Tiles four to a row: a Markdown table of images, captions in the cells under them."""
+    """Tiles three to a row: a Markdown table of images, captions in the cells under them."""
     if not block.tiles:
         return []
     lines = []
-    for start in range(0, len(block.tiles), 4):
-        row = block.tiles[start : start + 4]
+    for start in range(0, len(block.tiles), 3):
+        row = block.tiles[start : start + 3]
         for tile in row:
             files[f"{gallery_dir}/{tile.name}"] = tile.png
         lines.append("| " + " | ".join(f"![{_md_cell(t.caption)}]({gallery_dir}/{t.name})" for t in row) + " |")
@@ -143,7 +144,7 @@ def to_html(title: str, blocks: list[Block]) -> str:
         elif isinstance(block, Table):
             head = "".join(f"<th>{_inline_html(h)}</th>" for h in block.header)
             rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            body.append(f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
         elif isinstance(block, Figure):
             body.append(f'<img class="figure" alt="{html.escape(block.alt)}" src="{_data_uri(block.png)}">')
         elif isinstance(block, Gallery):

@@ -88,32 +88,34 @@ def select(labels: np.ndarray, probs: np.ndarray, threshold: float, cap: int = G
 @dataclass(frozen=True)
 class SavedGallery:
     """What export saved for the gallery: indices per kind into the predictions, and per shown frame its
-    cached (normalized, resized) frame and saliency map, both as 8-bit images."""
+    cached (normalized, resized) frame and its evidence maps for positive and for negative, as 8-bit images."""
 
     picks: dict[str, np.ndarray]
     shown: np.ndarray  # prediction indices of the frames below, sorted
     frames: np.ndarray  # uint8 (m, S, S)
-    saliency: np.ndarray  # uint8 (m, S, S), each map scaled to its own maximum
+    positive: np.ndarray  # uint8 (m, S, S): evidence for positive; both maps of a frame on one scale
+    negative: np.ndarray  # uint8 (m, S, S): evidence for negative
     method: str
     cap: int
     borderline: int
 
-    def frame_of(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def frame_of(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = int(np.searchsorted(self.shown, index))
-        return self.frames[k], self.saliency[k]
+        return self.frames[k], self.positive[k], self.negative[k]
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 255), 0, 255).astype(np.uint8)
 
 
-def save_gallery(folder: Path, picks: dict[str, np.ndarray], frames: np.ndarray, saliency: np.ndarray, method: str,
-                 cap: int, borderline: int) -> None:
-    """`gallery.npz`, written whole or not at all. `frames` and `saliency` belong to the sorted union of picks."""
+def save_gallery(folder: Path, picks: dict[str, np.ndarray], frames: np.ndarray, positive: np.ndarray,
+                 negative: np.ndarray, method: str, cap: int, borderline: int) -> None:
+    """`gallery.npz`, written whole or not at all. Frames and maps belong to the sorted union of picks."""
     shown = np.unique(np.concatenate([picks[k] for k in KINDS])).astype(np.int64)
     buf = io.BytesIO()
-    np.savez_compressed(buf, shown=shown, frames=to_uint8(frames), saliency=to_uint8(saliency), method=np.array(method),
-                        cap=np.array(cap), borderline=np.array(borderline),
+    np.savez_compressed(buf, shown=shown, frames=to_uint8(frames), positive=to_uint8(positive),
+                        negative=to_uint8(negative), method=np.array(method), cap=np.array(cap),
+                        borderline=np.array(borderline),
                         **{f"pick_{k}": np.asarray(picks[k], dtype=np.int64) for k in KINDS})
     tmp = folder / f".{GALLERY}.{os.getpid()}.tmp"
     tmp.write_bytes(buf.getvalue())
@@ -126,8 +128,8 @@ def load_gallery(folder: Path, predictions: Predictions, threshold: float) -> Sa
     if not path.is_file():
         raise NasError(f"{path}: not found; this export predates the mistakes gallery, so run 'nas export RUN' again")
     with np.load(path, allow_pickle=False) as z:
-        saved = SavedGallery({k: z[f"pick_{k}"] for k in KINDS}, z["shown"], z["frames"], z["saliency"], str(z["method"]),
-                             int(z["cap"]), int(z["borderline"]))
+        saved = SavedGallery({k: z[f"pick_{k}"] for k in KINDS}, z["shown"], z["frames"], z["positive"], z["negative"],
+                             str(z["method"]), int(z["cap"]), int(z["borderline"]))
     again = select(predictions.labels, predictions.probs, threshold, saved.cap, saved.borderline)
     if any(not np.array_equal(again[k], saved.picks[k]) for k in KINDS):
         raise NasError(f"{path}: its frames do not match {PREDICTIONS} at threshold {threshold:.6g}; "
@@ -135,21 +137,26 @@ def load_gallery(folder: Path, predictions: Predictions, threshold: float) -> Sa
     return saved
 
 
-def thumbnail(frame: np.ndarray, saliency: np.ndarray) -> bytes:
-    """PNG of the frame (left) beside the frame under its saliency map (right), enlarged to THUMB_MIN_PX."""
+def _overlay(gray: np.ndarray, heat: np.ndarray, cmap: str) -> np.ndarray:
+    from matplotlib import colormaps
+
+    alpha = 0.7 * heat[..., None]  # weak evidence leaves the frame visible
+    return (1 - alpha) * np.repeat(gray[..., None], 3, axis=2) + alpha * colormaps[cmap](heat)[..., :3]
+
+
+def thumbnail(frame: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> bytes:
+    """PNG of three panels: the frame; evidence for positive over it (red to yellow); evidence for negative
+    over it (blue to green). Enlarged (nearest neighbour) to at least THUMB_MIN_PX a side."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import colormaps
     from matplotlib.image import imsave
 
     gray = frame.astype(np.float64) / 255
-    heat = saliency.astype(np.float64) / 255
-    left = np.repeat(gray[..., None], 3, axis=2)
-    alpha = 0.65 * heat[..., None]  # weak saliency leaves the frame visible
-    right = (1 - alpha) * left + alpha * colormaps["inferno"](heat)[..., :3]
+    panels = [np.repeat(gray[..., None], 3, axis=2), _overlay(gray, positive / 255, "autumn"),
+              _overlay(gray, negative / 255, "winter")]
     gap = np.ones((gray.shape[0], max(1, gray.shape[1] // 32), 3))
-    both = np.concatenate([left, gap, right], axis=1)
+    both = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
     scale = max(1, -(-THUMB_MIN_PX // gray.shape[0]))
     both = np.repeat(np.repeat(both, scale, axis=0), scale, axis=1)
     buf = io.BytesIO()

@@ -1,10 +1,10 @@
 """Where a model looks: a class-activation map on the last convolutional feature map of a Keras functional
-model (HiResCAM, a Grad-CAM variant), and
-occlusion (how much the evidence drops when a patch is hidden) for models without one at the top level,
-such as an ensemble of sub-models or a dense-only network.
+model (HiResCAM, a Grad-CAM variant), and occlusion (how the probability moves when a patch is hidden) for
+models without one at the top level, such as an ensemble of sub-models or a dense-only network.
 
-Each map explains the model's own decision for that frame: evidence for "positive" where it called the frame
-positive, for "negative" where it called it negative, so a false positive's map shows what convinced it.
+Each frame gets two maps on one scale: where the model found evidence for "positive" (one whole particle)
+and where it found evidence for "negative". A false positive's first map shows what fooled it; a false
+negative's first map shows whether it saw the particle at all, its second what made it say no.
 """
 
 from __future__ import annotations
@@ -14,23 +14,25 @@ import numpy as np
 OCCLUSION_BATCH = 256
 
 
-def saliency_maps(model, frames: np.ndarray, called: np.ndarray) -> tuple[np.ndarray, str]:
-    """Maps (n, S, S) in [0, 1], each scaled to its own maximum, and a sentence saying how they were made.
-
-    frames: (n, S, S) normalized as the model sees them; called: the model's decision per frame."""
+def saliency_maps(model, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Evidence for positive and for negative, each (n, S, S) in [0, 1], scaled per frame by the larger of the
+    two maxima, and a sentence saying how they were made. frames: (n, S, S) normalized as the model sees them."""
     frames = np.asarray(frames, dtype=np.float32)
-    called = np.asarray(called, dtype=bool)
     if len(frames) == 0:
-        return np.zeros_like(frames), "no frames to explain"
+        return np.zeros_like(frames), np.zeros_like(frames), "no frames to explain"
     layer = last_feature_map(model)
     if layer is not None:
-        maps = hires_cam(model, layer, frames, called)
-        return maps, (f"HiResCAM (Grad-CAM without averaging the gradients over the map) on layer `{layer.name}`, "
-                      "the last convolutional feature map")
-    patch, stride = occlusion_geometry(frames.shape[1])
-    maps = occlusion(model, frames, called, patch, stride)
-    return maps, (f"occlusion: the drop in the model's evidence when a {patch}x{patch} px patch is replaced by the "
-                  f"frame's median, stride {stride} px (the model has no convolutional layer at its top level)")
+        signed = hires_cam(model, layer, frames)
+        method = (f"HiResCAM (Grad-CAM without averaging the gradients over the map) on layer `{layer.name}`, "
+                  "the last convolutional feature map")
+    else:
+        patch, stride = occlusion_geometry(frames.shape[1])
+        signed = occlusion(model, frames, patch, stride)
+        method = (f"occlusion: how much the probability falls (evidence for positive) or rises (for negative) when a "
+                  f"{patch}x{patch} px patch is replaced by the frame's median, stride {stride} px (the model has no "
+                  "convolutional layer at its top level)")
+    positive, negative = _per_frame_scale(np.clip(signed, 0, None), np.clip(-signed, 0, None))
+    return positive, negative, method
 
 
 def _is_conv(layer) -> bool:
@@ -68,15 +70,17 @@ def _logit_head(model):
     return model.outputs[0], lambda p: ops.log(ops.clip(p, 1e-7, 1.0)) - ops.log(ops.clip(1.0 - p, 1e-7, 1.0))
 
 
-def hires_cam(model, layer, frames: np.ndarray, called: np.ndarray, batch: int = 64) -> np.ndarray:
-    """HiResCAM (Draelos & Carin 2020): the feature maps times the gradient of the decision's logit, element
-    by element, summed over channels, rectified, upsampled to the frame and scaled to [0, 1] per frame.
+def hires_cam(model, layer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020): the feature maps times the gradient of the positive class's logit,
+    element by element, summed over channels and upsampled to the frame; signed (> 0: evidence for
+    positive, < 0: for negative).
 
     Grad-CAM (Selvaraju et al. 2017) first averages each channel's gradient over the map. Under a
-    global-average head feeding the output layer directly the two maps are the same; under a global-max head (which
-    our spaces search) Grad-CAM spreads the evidence over every place a channel fires. Measured on frames
-    whose label is a corner marker (the data of tests/test_report_saliency.py), two seeds of a small conv net
-    with a max head: the marker's quadrant held 0.68 and 1.00 of Grad-CAM's map, 1.00 and 1.00 of HiResCAM's.
+    global-average head feeding the output layer directly the two maps are the same; under a global-max head
+    (which our spaces search) Grad-CAM spreads the evidence over every place a channel fires. Measured on
+    frames whose label is a corner marker (the data of tests/test_report_saliency.py), two seeds of a small
+    conv net with a max head: the marker's quadrant held 0.68 and 1.00 of Grad-CAM's map, 1.00 and 1.00 of
+    HiResCAM's.
     """
     import keras
     import tensorflow as tf
@@ -87,15 +91,13 @@ def hires_cam(model, layer, frames: np.ndarray, called: np.ndarray, batch: int =
     out = []
     for start in range(0, len(frames), batch):
         x = tf.constant(frames[start : start + batch, ..., None])
-        sign = tf.constant(np.where(called[start : start + batch], 1.0, -1.0), tf.float32)
         with tf.GradientTape() as tape:
             fmap, head = probe(x, training=False)
-            logit = tf.reshape(to_logit(head), [-1])
-            target = tf.reduce_sum(sign * logit)
+            target = tf.reduce_sum(to_logit(head))
         grads = tape.gradient(target, fmap)
-        cam = tf.nn.relu(tf.reduce_sum(grads * fmap, axis=-1, keepdims=True))
+        cam = tf.reduce_sum(grads * fmap, axis=-1, keepdims=True)
         out.append(tf.image.resize(cam, size, method="bilinear")[..., 0].numpy())
-    return _per_frame_max(np.concatenate(out))
+    return np.concatenate(out).astype(np.float64)
 
 
 def occlusion_geometry(size: int) -> tuple[int, int]:
@@ -104,9 +106,9 @@ def occlusion_geometry(size: int) -> tuple[int, int]:
     return patch, max(1, patch // 2)
 
 
-def occlusion(model, frames: np.ndarray, called: np.ndarray, patch: int, stride: int) -> np.ndarray:
+def occlusion(model, frames: np.ndarray, patch: int, stride: int) -> np.ndarray:
     """Occlusion sensitivity (Zeiler & Fergus 2014): for each patch position, how much hiding it lowers the
-    probability of the decision taken; averaged over the patches covering each pixel, scaled per frame."""
+    probability of "positive" (negative where hiding it raises it), averaged over the patches covering a pixel."""
     size = frames.shape[1]
     starts = sorted(set(range(0, size - patch + 1, stride)) | {size - patch})
     positions = [(y, x) for y in starts for x in starts]
@@ -117,14 +119,13 @@ def occlusion(model, frames: np.ndarray, called: np.ndarray, patch: int, stride:
         variants = np.repeat(frame[None], len(positions), axis=0)
         for k, (y, x) in enumerate(positions):
             variants[k, y : y + patch, x : x + patch] = fill
-        prob = _predict(model, variants)
-        drop = (base - prob) if called[i] else (prob - base)
+        drop = base - _predict(model, variants)
         heat, count = np.zeros((size, size)), np.zeros((size, size))
-        for (y, x), d in zip(positions, np.clip(drop, 0, None), strict=True):
+        for (y, x), d in zip(positions, drop, strict=True):
             heat[y : y + patch, x : x + patch] += d
             count[y : y + patch, x : x + patch] += 1
         maps[i] = heat / np.maximum(count, 1)
-    return _per_frame_max(maps)
+    return maps
 
 
 def _predict(model, frames: np.ndarray) -> np.ndarray:
@@ -133,7 +134,9 @@ def _predict(model, frames: np.ndarray) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def _per_frame_max(maps: np.ndarray) -> np.ndarray:
-    maps = np.nan_to_num(np.asarray(maps, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    top = maps.reshape(len(maps), -1).max(axis=1, initial=0.0)
-    return (maps / np.where(top > 0, top, 1.0)[:, None, None]).astype(np.float32)
+def _per_frame_scale(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps divided by the larger of their maxima per frame, so their strengths stay comparable."""
+    clean = [np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0) for m in (positive, negative)]
+    top = np.maximum(*(m.reshape(len(m), -1).max(axis=1, initial=0.0) for m in clean))
+    scale = np.where(top > 0, top, 1.0)[:, None, None]
+    return (clean[0] / scale).astype(np.float32), (clean[1] / scale).astype(np.float32)

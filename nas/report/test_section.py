@@ -50,12 +50,14 @@ def test_blocks(card: dict[str, Any], preds: Predictions, gallery: SavedGallery)
         Figure("test_confusion_pr.png", _confusion_pr_png(preds, threshold, card["recall_floor"], counts),
                "confusion matrix and PR curve with the operating point (test split)"),
         Heading("Where the model fails (test split)"),
-        Para("Each tile: the frame as the model sees it (normalized, resized; left) and the same frame under the "
-             "saliency map of the model's decision (right; bright = what drove the decision), with its probability, "
-             "true class and file. Look for maps that sit on the particle: a map on the frame edge, the carbon "
-             "background, a speck or a scan-line artifact means the model learned a shortcut that will not "
-             "hold on another chip. False positives that show a cut, blurred or doubled particle say which "
-             f"negative kind the model confuses. Maps: {gallery.method}."),
+        Para("Each tile: the frame as the model sees it (normalized and resized), then the same frame under the "
+             "model's evidence for **positive** (red to yellow), then under its evidence for **negative** (blue to "
+             "green), both on one scale per frame; below, its probability, true class and file. Look for evidence "
+             "that sits on the particle. Evidence on the frame edge, the carbon background, a speck or a scan-line "
+             "artifact means the model learned a shortcut that will not hold on another chip. A false positive "
+             "showing a cut, blurred or doubled particle says which kind of negative the model confuses; a false "
+             "negative with no positive evidence on its particle was not seen at all. "
+             f"Maps: {gallery.method}."),
         *_gallery_blocks("fp", counts["fp"], gallery, preds),
         *_gallery_blocks("fn", counts["fn"], gallery, preds),
         Heading("Borderline frames (test split)"),
@@ -77,9 +79,10 @@ def _gallery_blocks(kind: str, total: int, gallery: SavedGallery, preds: Predict
         note = f"{meaning} Showing {len(picks)} of the {total} frames on this side."
     tiles = []
     for rank, i in enumerate(picks, start=1):
-        frame, sal = gallery.frame_of(int(i))
+        frame, positive, negative = gallery.frame_of(int(i))
         truth = "positive" if preds.labels[i] else "negative"
-        tiles.append(Tile(f"{kind}-{rank:02d}.png", thumbnail(frame, sal), f"p={preds.probs[i]:.3f}, {truth}, {preds.paths[i]}"))
+        tiles.append(Tile(f"{kind}-{rank:02d}.png", thumbnail(frame, positive, negative),
+                          f"p={preds.probs[i]:.3f}, {truth}, {preds.paths[i]}"))
     return [Heading(title, 3), Para(note), Gallery(kind, tiles)]
 
 
