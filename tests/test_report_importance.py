@@ -60,3 +60,29 @@ def test_encoding_of_mixed_and_missing_values():
     assert x[:, 0].tolist() == [1, 3, 3]
     assert x[0, 1] != x[1, 1] and x[2, 1] < min(x[0, 1], x[1, 1])  # missing sits below every present value
     assert x[0, 2] < 2.0
+
+
+def test_nas_report_ranks_the_planted_hyperparameter_first(tmp_path):
+    """A run folder whose trial log holds 30 synthetic trials: `nas report` puts the deciding one on top."""
+    import json
+
+    from .conftest import cli
+
+    run = tmp_path / "results" / "synthetic" / "r1"
+    run.mkdir(parents=True)
+    (run / "experiment.toml").write_text('[data]\npositive = "positive"\n\n[objective]\nrecall_floor = 0.9\n')
+    (run / "split.csv").write_text("path,label,split,group\na.tif,positive,val,g\nb.tif,negative,val,g\n")
+    events = [{"event": "search_started", "time": 1000.0}]
+    for i, row in enumerate(_trials(30, "param_blocks.normalization")):
+        hp = {k.removeprefix("param_"): v for k, v in row.items() if k.startswith("param_")}
+        events.append({"event": "trial_finished", "time": 1010.0 + i, "trial_id": f"{i:02d}", "objective": row["objective"],
+                       "objective_ci95": [row["objective"] - 0.1, row["objective"] + 0.1], "threshold": 0.5,
+                       "tie_break": 0.5, "pr_auc": 0.5, "hyperparameters": hp, "params": 1000 + i, "latency_ms": 1.0,
+                       "seconds": 1.0, "feasible": True})
+    (run / "trials.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    res = cli("report", run)
+    assert res.code == 0, res.err
+    md = (run / "report" / "report.md").read_text()
+    table = md.split("| hyperparameter | importance | ± (spread) |\n|---|---|---|\n", 1)[1].splitlines()
+    assert table[0].startswith("| `blocks.normalization` |")
+    assert "Out-of-fold R²" in md and "No export yet" in md

@@ -95,7 +95,9 @@ def _importance_blocks(imp: Importance) -> list[Block]:
         "finished trials, 5-fold, in units of the objective's variance; 0 means no effect that these trials show)."
     )
     if not imp.ranking:
-        return [explain, Para(f"**{imp.note[0].upper() + imp.note[1:]}.**")]
+        return [Para(f"**{imp.note[0].upper() + imp.note[1:]}.** (A random forest's permutation importance over the "
+                     "trials' hyperparameters ranks them once there are enough trials.) The panels below show the "
+                     "objective against the first searched hyperparameters, by name.")]
     table = Table(["hyperparameter", "importance", "± (spread)"],
                   [[f"`{n.removeprefix('param_')}`", f"{m:.3f}", f"{s:.3f}"] for n, m, s in imp.ranking])
     fit = Para(f"Out-of-fold R² of the forest: {imp.cv_r2:.2f}." + (f" **{imp.note[0].upper() + imp.note[1:]}.**" if imp.note else ""))
@@ -104,7 +106,9 @@ def _importance_blocks(imp: Importance) -> list[Block]:
 
 def _params_figure(rows: list[dict[str, Any]], imp: Importance) -> list[Block]:
     names = [n for n, *_ in imp.ranking[:PLOTTED_PARAMS]]
+    title = "Objective against the most important hyperparameters (val split)"
     if not names:  # no ranking: the first varying parameters by name
+        title = "Objective against the searched hyperparameters (val split)"
         names = sorted(k for k in {k for r in rows for k in r if k.startswith("param_")}
                        if len({repr(r.get(k)) for r in rows}) > 1)[:PLOTTED_PARAMS]
     if not names:
@@ -129,9 +133,9 @@ def _params_figure(rows: list[dict[str, Any]], imp: Importance) -> list[Block]:
         ax.set_xlabel(name.removeprefix("param_"), fontsize=9)
     axes[0][0].set_ylabel("val objective")
     axes[0][0].legend(loc="lower right", fontsize=7)
-    fig.suptitle("Objective against the most important hyperparameters (val split)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return [Figure("objective_vs_params.png", figure_png(fig), "objective against the most important hyperparameters")]
+    return [Figure("objective_vs_params.png", figure_png(fig), title)]
 
 
 def _progress_png(finished: list[dict[str, Any]], t0: float, floor: float) -> bytes:
