@@ -6,20 +6,30 @@ STAMP := $(VENV)/.installed
 RUN_ID ?= $(shell date +%Y%m%d-%H%M%S)
 DEMO_DATA ?= data/demo
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench clean browser
+
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
+# This machine's global pip config lists local index folders (file:///opt/pypi*/simple) that hold only some
+# projects, and pip warns "Location '...' is ignored" for each other project (83 lines on a fresh install here).
+# That is the machine, not the project: exactly those lines are dropped, the rest of pip's output is kept,
+# and pipefail keeps pip's exit status.
+PIP_MACHINE_NOISE := { grep -v "^WARNING: Location 'file:///.*' is ignored: it is neither a file nor a directory.$$" || true; }
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@echo "setting up $(VENV): $(PYTHON) -m venv, pip install -e '.[test]'"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip 2>&1 | $(PIP_MACHINE_NOISE)
+	@$(BIN)/pip install --quiet -e '.[test]' 2>&1 | $(PIP_MACHINE_NOISE)
+	@touch $(STAMP)
 
-## the main job: demo data -> search -> export of the best model -> leaderboard
+## the main job: demo data -> search -> leaderboard -> export of the best model with its report (its last
+## lines say what was found and where the model card and report.html are)
 demo: $(STAMP)
 	@test -f $(DEMO_DATA)/labels.csv || $(BIN)/nas demo-data $(DEMO_DATA) --n 600 --size 96 --seed 0
 	$(BIN)/nas search experiments/demo.toml --run-id $(RUN_ID)
-	$(BIN)/nas export results/demo/$(RUN_ID)
 	$(BIN)/nas leaderboard results/demo/$(RUN_ID) --top 10
+	$(BIN)/nas export results/demo/$(RUN_ID)
 
 ## the test suite (slow-marked tests excluded; `make test-all` runs them too)
 test: $(STAMP)
@@ -27,6 +37,15 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
+
+## headless Chromium for the report's browser test (tests/test_report_browser.py skips without it); .ci/run
+## calls this. Needs root for apt-get; says so and goes on where it cannot install.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; } \
+	    >/tmp/stem-nas-apt.log 2>&1 && echo "make browser: installed chromium"; } || \
+	  echo "make browser: could not install chromium (see /tmp/stem-nas-apt.log); the browser test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check nas tests benchmarks

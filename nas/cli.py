@@ -7,11 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from nas import __version__
+from nas import __version__, quiet
 from nas.console import TrialPrinter, progress
 from nas.errors import NasError, Recycled, Stopped
+from nas.trial import SHOWN_STATUSES, TrialStatus
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+VERBOSE_HELP = "show TensorFlow's C++ log lines and Python warnings (hidden by default)"
 
 
 def cmd_demo_data(args) -> int:
@@ -98,17 +102,22 @@ def cmd_worker(args) -> int:
 
 def cmd_export(args) -> int:
     import json
+    import shlex
 
     from nas.export import export_run
+    from nas.report import EXPORT_REPORT
+    from nas.report.test_section import headline
 
     folder = export_run(args.run, trial_id=args.trial, out=args.out, refit=args.refit, ensemble=args.ensemble)
     card = json.loads((folder / "model_card.json").read_text())
     t = card["metrics"]["test"]
     what = f"the mean of trials {', '.join(card['ensemble'])}" if card.get("ensemble") else f"trial {card['trial_id']}"
     print(f"exported {what} to {folder} ({card['latency_ms_batch1']} ms/frame at batch 1)")
-    print(f"threshold {card['threshold']:.4g} (chosen on val for recall >= {card['recall_floor']:g})")
-    print(f"test split: precision {t['precision']:.3f}, recall {t['recall']:.3f}, weighted F1 {t['weighted_f1']:.3f}, "
-          f"PR-AUC {t['pr_auc']:.3f} (n={t['n']})")
+    print(f"{headline(card)}; weighted F1 {t['weighted_f1']:.3f}, PR-AUC {t['pr_auc']:.3f}")
+    print(f"model card: {folder / 'MODEL_CARD.md'}")
+    print(f"report:     {folder / EXPORT_REPORT / 'report.html'} (the test split's mistakes with saliency maps, "
+          "and what mattered in the search)")
+    print(f"classify frames: nas predict {shlex.quote(str(folder))} FRAME_OR_FOLDER... --out predictions.csv")
     return 0
 
 
@@ -123,8 +132,8 @@ def cmd_leaderboard(args) -> int:
 def cmd_report(args) -> int:
     from nas.report import make_report
 
-    page = make_report(args.run, out=args.out, top=args.top)
-    print(f"report: {page}")
+    page = make_report(args.run, out=args.out, top=args.top, export=args.export)
+    print(f"report: {page} (and {page.with_suffix('.md').name} beside it)")
     return 0
 
 
@@ -142,10 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nas", description="Architecture search for HAADF-STEM frame triage: "
                                 "the objective is validation precision at a fixed recall floor.")
     p.add_argument("--version", action="version", version=f"stem-nas {__version__}")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     _data_commands(sub)
     _search_commands(sub)
     _model_commands(sub)
+    for sp in sub.choices.values():  # `nas export RUN --verbose` works as well as `nas --verbose export RUN`
+        sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return p
 
 
@@ -209,12 +221,15 @@ def _model_commands(sub) -> None:
     lb.add_argument("--format", default="table", choices=("table", "csv", "json", "md"))
     lb.add_argument("--top", type=int)
     lb.add_argument("--sort", help="column to sort by instead of the search's rank")
-    lb.add_argument("--status", default="finished", help="finished (default), failed, interrupted, running or all")
+    lb.add_argument("--status", default=str(TrialStatus.FINISHED), help=f"one of {', '.join(SHOWN_STATUSES)}, or all "
+                    f"(default {TrialStatus.FINISHED})")
     lb.set_defaults(func=cmd_leaderboard)
 
-    rp = sub.add_parser("report", help="a Markdown page with plots of a run: progress, Pareto fronts, PR curves")
+    rp = sub.add_parser("report", help="report.md and a self-contained report.html: the export's test-split mistakes "
+                        "with saliency maps, and what mattered in the search")
     rp.add_argument("run")
     rp.add_argument("--out", help="folder (default RUN/report)")
+    rp.add_argument("--export", help="the export to show the mistakes of (default RUN/export, when there is one)")
     rp.add_argument("--top", type=int, default=5, help="trials in the table and the PR plot (default 5)")
     rp.set_defaults(func=cmd_report)
 
@@ -229,8 +244,11 @@ def _model_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    verbose = quiet.verbose_requested(args.verbose)
+    quiet.configure(verbose)
     try:
-        return args.func(args)
+        with quiet.no_warnings(verbose):
+            return args.func(args)
     except NasError as exc:
         print(f"nas: error: {exc}", file=sys.stderr)
         return 2

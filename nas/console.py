@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nas.runlog import SEARCH_T0_ENV
-from nas.trial import Event, TrialRecord, from_fields
+from nas.trial import Event, TrialRecord, TrialStatus, from_fields
 
 
 def progress(desc: str) -> Callable[[int, int], None]:
@@ -74,7 +74,7 @@ class TrialPrinter:
         self.say(f"data: {', '.join(parts)}; {ev['decoded']} frames decoded, the rest from the cache")
 
     def finished(self, ev: dict[str, Any]) -> None:
-        rec: TrialRecord = from_fields(TrialRecord, {**ev, "status": "finished"})
+        rec: TrialRecord = from_fields(TrialRecord, {**ev, "status": TrialStatus.FINISHED})
         if not rec.feasible:
             self.say(f"trial {rec.trial_id}: {rec.reason} ({rec.params} params); not trained")
             return self.advance()

@@ -14,7 +14,7 @@ from typing import Any
 
 from nas.errors import NasError
 from nas.runlog import RunDir, read_trials
-from nas.trial import SHOWN_STATUSES, TrialRecord, rank_key
+from nas.trial import SHOWN_STATUSES, TrialRecord, TrialStatus, rank_key
 
 FORMATS = ("table", "csv", "json", "md")
 COLUMNS = (
@@ -50,7 +50,7 @@ def row(rec: TrialRecord, run: str, rank: int) -> dict[str, Any]:
     return out
 
 
-def select(rows: list[dict[str, Any]], *, status: str = "finished", top: int | None = None, sort: str | None = None) -> list[dict[str, Any]]:
+def select(rows: list[dict[str, Any]], *, status: str = TrialStatus.FINISHED, top: int | None = None, sort: str | None = None) -> list[dict[str, Any]]:
     if status not in STATUSES:
         raise NasError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
     out = [r for r in rows if status == "all" or r["status"] == status]

@@ -53,4 +53,4 @@ def _export(opened, trial_id: str | None, final: Path, *, refit_on: bool, ensemb
     exp = opened.exp
     results = evaluate(net, frames, size, cal, exp.objective.recall_floor, exp.export.bootstrap, exp.data.seed,
                        tta=exp.augment.tta)
-    return write_export(final, opened, members, net, size, cal, results, latency=latency, refit=refit_info)
+    return write_export(final, opened, members, net, size, frames, cal, results, latency=latency, refit=refit_info)

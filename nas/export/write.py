@@ -16,15 +16,17 @@ import numpy as np
 
 from nas.export.calibrate import Calibration
 from nas.export.members import Member
+from nas.prepare import RunFrames
 from nas.reopen import OpenRun
+from nas.report import write_export_report
 from nas.runlog import atomic_write_json, atomic_write_text, read_trials
 
 SAVED_MODEL = "saved_model"
 PACKAGES = ("stem-nas", "tensorflow", "keras", "keras-tuner", "autokeras", "numpy", "scikit-learn", "tifffile")
 
 
-def write_export(final: Path, opened: OpenRun, members: list[Member], net, size: int, cal: Calibration, results: dict,
-                 *, latency: float | None, refit: dict | None) -> Path:
+def write_export(final: Path, opened: OpenRun, members: list[Member], net, size: int, frames: RunFrames, cal: Calibration,
+                 results: dict, *, latency: float | None, refit: dict | None) -> Path:
     """Everything an export holds, written whole into `final` or not at all."""
     import tensorflow as tf
 
@@ -47,6 +49,9 @@ def write_export(final: Path, opened: OpenRun, members: list[Member], net, size:
         atomic_write_text(tmp / "MODEL_CARD.md", _card_markdown(card))
         _plots(tmp, results["y_test"], results["p_test"], cal.op.threshold, opened.exp.objective.recall_floor,
                results["metrics"]["test"])
+        # the report's one input from export: the test split as scored above (saved for `nas report`)
+        write_export_report(tmp, net, frames.stores[size], results["test_rows"], results["y_test"], results["p_test"],
+                            cal.op.threshold, [frames.cached.records[i].path for i in results["test_rows"]], run=run.path)
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         if final.exists():
             os.replace(final, old)
