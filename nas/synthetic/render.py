@@ -139,7 +139,8 @@ def _multiple(rng, c: Canvas, p_draw) -> list[Particle]:
 def _aggregate(rng, c: Canvas, p_draw) -> list[Particle]:
     count = int(rng.integers(2, 6))
     r0 = c.radius * 0.8
-    x, y = rng.uniform(c.pad + 2.2 * r0, c.pad + c.size - 2.2 * r0, size=2)
+    room = min(2.2 * r0, 0.45 * c.size)  # at high magnification a cluster may outgrow the frame: still an aggregate
+    x, y = rng.uniform(c.pad + room, c.pad + c.size - room, size=2)
     particles = [p_draw(x, y, r0)]
     for _ in range(count - 1):
         base = particles[rng.integers(len(particles))]
