@@ -166,8 +166,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="passed to nas search (repeatable)")
     ap.add_argument("--n", type=int, default=2000, help="frames per family (default 2000)")
     ap.add_argument("--size", type=int, default=128, help="frame size in px (default 128)")
-    ap.add_argument("--seed", type=int, default=20, help="family i gets seed S + i (default 20: seeds 20-29, "
-                    "unused during development)")
+    ap.add_argument("--seed", type=int, default=20, help="family i of the catalog gets seed S + i (default 20: "
+                    "seeds 20-29, which no README figure uses)")
     ap.add_argument("--slack", type=float, default=0.05, help="test recall may fall this far below the floor (default 0.05)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "generalization")
     ap.add_argument("--fresh", action="store_true", help="rerun families that have a result already")
