@@ -97,11 +97,12 @@ def _trial_printer():
 
 
 def cmd_demo_data(args) -> int:
-    from nas.synthetic import generate
+    from nas.synthetic import FAMILIES, generate
 
     labels = generate(args.out, n=args.n, size=args.size, seed=args.seed, groups=args.groups, family=args.family,
                       positive_rate=args.positive_rate)
-    print(f"wrote {args.n} frames of {args.size} px ({args.family}) to {args.out} (labels: {labels})")
+    print(f"wrote {args.n} frames of {args.size} px to {args.out} (labels: {labels})")
+    print(f"family {args.family}: {FAMILIES[args.family].about}")
     return 0
 
 

@@ -144,3 +144,15 @@ def test_largest_particles_still_fit_every_kind():
         for kind in KINDS:
             frame, params = render_frame(np.random.default_rng(seed), 32, kind, big)
             assert frame.shape == (32, 32) and (params["label"] == "negative" or kind != "aggregate")
+
+
+def test_a_session_shares_its_settings_and_sessions_differ(tmp_path):
+    from nas.synthetic.dataset import FAMILY_FIELDS
+
+    rows = _rows(tmp_path, "sessions", 40, 24)
+    per_frame = {"family", "reason", "composition2"}
+    for column in set(FAMILY_FIELDS) - per_frame:
+        values = {g: {r[column] for r in rows if r["group"] == g} for g in {r["group"] for r in rows}}
+        assert all(len(v) == 1 for v in values.values()), column  # one setting per session
+    for column in ("scale", "dose", "gain", "drift_scale", "positive_share", "focus_limit_px", "shape_weights"):
+        assert len({r[column] for r in rows}) >= 8, column  # ten sessions, (nearly) ten settings: rounding may merge two

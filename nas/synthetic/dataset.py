@@ -22,7 +22,8 @@ CSV_FIELDS = (
 FAMILY_FIELDS = (
     "family", "reason", "composition2", "scale", "positive_share", "offset", "gain", "read_noise", "line_noise",
     "bits", "knee", "afterglow_px", "drift_scale", "drift_direction", "shear_px_per_line", "jitter_px", "hum_px",
-    "support", "support_nm", "contamination", "focus_limit_px", "drift_limit_px", "cut_limit",
+    "hum_period_lines", "support", "support_nm", "lattice_px", "contamination", "shape_weights", "focus_limit_px",
+    "drift_limit_px", "cut_limit",
 )
 EXTRA_STREAM = 7  # seeds each frame's stream for what the families add: [seed, frame, EXTRA_STREAM]
 
@@ -36,8 +37,10 @@ def session_row(s: Session) -> dict:
         "drift_scale": round(s.drift_scale, 4),
         "drift_direction": "" if s.drift_angle is None else round(float(np.degrees(s.drift_angle)), 1),
         "shear_px_per_line": round(s.shear, 5), "jitter_px": round(s.jitter, 3), "hum_px": round(s.hum, 3),
-        "support": s.support, "support_nm": round(s.support_nm, 3), "contamination": s.contamination,
-        "focus_limit_px": round(s.focus_limit, 3), "drift_limit_px": round(s.drift_limit, 3),
+        "hum_period_lines": round(s.hum_period, 2), "support": s.support, "support_nm": round(s.support_nm, 3),
+        "lattice_px": round(s.lattice_px, 3), "contamination": s.contamination,
+        "shape_weights": " ".join(f"{n}:{w:.3f}" for n, w in zip(s.shapes, s.shape_weights, strict=True)),
+        "focus_limit_px": round(s.focus_limit, 4), "drift_limit_px": round(s.drift_limit, 4),
         "cut_limit": round(s.cut_limit, 4),
     }
 
