@@ -221,7 +221,7 @@ def check_same_split(run: Path, frames: Path, positive: str) -> None:
 
 
 def run_approach(name: str, folder: Path, data: Path, frames: Path, experiment: Path, budget: float, seed: int,
-                 exp) -> dict:
+                 exp, key: str) -> dict:
     work = folder / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -239,7 +239,7 @@ def run_approach(name: str, folder: Path, data: Path, frames: Path, experiment: 
         result = {**score(y[splits == "val"], probs["val"], y[splits == "test"], probs["test"],
                           exp["objective"]["recall_confidence"]),
                   **json.loads((work / "info.json").read_text())}
-    result.update(approach=name, wall_s=round(time.time() - t0, 1), budget_s=budget)
+    result.update(approach=name, wall_s=round(time.time() - t0, 1), budget_s=budget, data_fingerprint=key)
     (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -296,9 +296,7 @@ def run_all(args, only: list[str], folder: Path, data: Path, frames: Path, key: 
             results[name] = old
         elif name in only:
             print(f"{name}: running for {args.budget_min:g} minutes", file=sys.stderr, flush=True)
-            results[name] = run_approach(name, folder, data, frames, args.experiment, budget, args.seed, exp)
-            results[name]["data_fingerprint"] = key
-            kept.write_text(json.dumps(results[name], indent=1))
+            results[name] = run_approach(name, folder, data, frames, args.experiment, budget, args.seed, exp, key)
     return results
 
 
