@@ -1,6 +1,8 @@
 """Quality against what users run today, in the same wall-clock budget (issue 9).
 
-Makes demo data (its own seed), one split, and runs one after another with the same budget:
+Makes demo data (its own seed; --family NAME for one of the demo-data families) or takes any labelled folder
+(--data DIR: labels.csv with path,label[,group], or positive/ and negative/ folders; frames of any size), makes
+one split (grouped when labels.csv has a group column), and runs one after another with the same budget:
   autokeras   vanilla AutoKeras AutoModel: ImageInput -> ImageBlock(block_type="vanilla") -> ClassificationHead,
               AutoKeras's default objective (val_loss) and greedy tuner. The vanilla block is AutoKeras's own
               first pick for images and its one offline-safe family (ResNet/Xception/EfficientNet search
@@ -15,12 +17,15 @@ Finished approaches are kept (OUT/<data>/<approach>/result.json) and reused by a
 
     python benchmarks/anchors.py                        # 2,000 frames of 128 px, seed 7, 15 minutes each
     python benchmarks/anchors.py --seed 8 --only nas    # one approach
+    python benchmarks/anchors.py --family sessions      # the `sessions` demo-data family
+    python benchmarks/anchors.py --data /path/to/frames # your own labelled frames
 Prints a Markdown table, the differences, and as its last line a JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -124,20 +129,61 @@ def score(y_val, p_val, y_test, p_test, confidence: float) -> dict:
     return {"val_precision_at_recall": op.precision, "threshold": op.threshold, "test": test}
 
 
-def make_frames(data: Path, exp, size: int, out: Path) -> None:
-    """Every frame normalized as nas does (nas.preprocess), with the split nas makes from the experiment."""
+def fingerprint(records, data: Path) -> str:
+    """Which frames, labels and groups, and each file's size and mtime: kept results are reused only for these."""
+    h = hashlib.sha256()
+    for r in records:
+        st = (data / r.path).stat()
+        h.update(f"{r.path}\t{r.label}\t{r.group}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def make_frames(data: Path, exp, size: int, out: Path) -> str:
+    """Every frame normalized as nas does (nas.preprocess), with the split nas makes from the experiment.
+    Reuses OUT if it holds the same frames; returns the data's fingerprint."""
     from nas import data as data_mod
     from nas import frames as frames_mod
     from nas import splits as splits_mod
     from nas.preprocess import normalize_np
 
-    d = exp["data"]
-    records = data_mod.scan(data)
-    splits = splits_mod.make_split(records, tuple(d["split"]), d["seed"])
-    clip = tuple(d["clip_percentiles"])
+    d = exp.data
+    records = data_mod.scan(data, d.positive, d.negative)
+    key = fingerprint(records, data)
+    if out.is_file() and str(np.load(out).get("fingerprint", "")) == key:
+        return key
+    splits = splits_mod.make_split(records, tuple(d.split), d.seed)
+    clip = tuple(d.clip_percentiles)
     x = np.stack([normalize_np(frames_mod.read_frame(data / r.path), size, clip) for r in records])
     y = np.array([r.label for r in records], dtype=np.float32)
-    np.savez(out, x=x, y=y, splits=np.array(splits), paths=np.array([r.path for r in records]))
+    np.savez(out, x=x, y=y, splits=np.array(splits), paths=np.array([r.path for r in records]), fingerprint=key)
+    return key
+
+
+def smallest_side(data: Path, exp) -> int:
+    """The smaller side of the data's first frame: the anchors never upsample frames."""
+    from nas import data as data_mod
+    from nas import frames as frames_mod
+
+    first = data_mod.scan(data, exp.data.positive, exp.data.negative)[0]
+    return int(min(frames_mod.read_frame(data / first.path).shape))
+
+
+def data_source(args) -> tuple[Path, Path, str]:
+    """The folder for this comparison's results, the data folder, and a line saying what the data is.
+    Demo data is generated on first use."""
+    if args.data:
+        data = args.data.resolve()
+        if not data.is_dir():
+            raise SystemExit(f"--data {args.data}: not a folder (expected labels.csv, or positive/ and negative/ folders)")
+        tag = hashlib.sha256(str(data).encode()).hexdigest()[:8]  # two folders of one name keep apart
+        return args.out / f"data-{data.name}-{tag}", data, str(data)
+    stem = f"seed{args.seed}-n{args.n}-{args.size}px"
+    folder = args.out / (stem if args.family == "base" else f"{args.family}-{stem}")  # base: the folders of before
+    data = folder / "data"
+    if not (data / "labels.csv").is_file():
+        groups = ("--groups", args.groups) if args.groups else ()
+        nas("demo-data", data, "--n", args.n, "--size", args.size, "--seed", args.seed, "--family", args.family, *groups)
+    return folder, data, f"{args.n} frames of {args.size} px, family {args.family}, seed {args.seed}"
 
 
 def run_nas(folder: Path, data: Path, experiment: Path, budget: float) -> dict:
@@ -157,16 +203,16 @@ def run_nas(folder: Path, data: Path, experiment: Path, budget: float) -> dict:
         out = run / f"export-ensemble{ENSEMBLE}"
         subprocess.run([*cmd, "export", str(run), "--ensemble", str(ENSEMBLE), "--out", str(out)], check=True)
         ens = json.loads((out / "model_card.json").read_text())
-        ensemble = {"val_precision_at_recall": ens["metrics"]["val"]["precision_at_floor"], "test": ens["metrics"]["test"],
+        ensemble = {"val_precision_at_recall": ens["metrics"][ens["threshold_from"]]["precision_at_floor"], "test": ens["metrics"]["test"],
                     "latency_ms": ens["latency_ms_batch1"], "members": ens["ensemble"]}
     return {"trials": trials, "params": card["params"], "run": str(run), "card": card, "ensemble": ensemble}
 
 
-def check_same_split(run: Path, frames: Path) -> None:
+def check_same_split(run: Path, frames: Path, positive: str) -> None:
     """The anchors were scored on the split nas made; refuse to compare if they differ."""
     from nas import splits as splits_mod
 
-    records, splits = splits_mod.read_split(run / "split.csv", "positive")
+    records, splits, _ = splits_mod.read_split(run / "split.csv", positive)
     ours = np.load(frames)
     mine = dict(zip(ours["paths"].tolist(), ours["splits"].tolist(), strict=True))
     theirs = {r.path: s for r, s in zip(records, splits, strict=True)}
@@ -175,24 +221,27 @@ def check_same_split(run: Path, frames: Path) -> None:
 
 
 def run_approach(name: str, folder: Path, data: Path, frames: Path, experiment: Path, budget: float, seed: int,
-                 confidence: float) -> dict:
+                 exp, key: str) -> dict:
     work = folder / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.time()
     if name == "nas":
         info = run_nas(work, data, experiment, budget)
-        check_same_split(Path(info["run"]), frames)
-        t = info.pop("card")["metrics"]
-        result = {"val_precision_at_recall": t["val"]["precision_at_floor"], "threshold": None, "test": t["test"], **info}
+        check_same_split(Path(info["run"]), frames, exp.data.positive)
+        card = info.pop("card")
+        t = card["metrics"]
+        result = {"val_precision_at_recall": t[card["threshold_from"]]["precision_at_floor"], "threshold": None,
+                  "test": t["test"], **info}
     else:
         subprocess.run([sys.executable, __file__, "--anchor", name, "--frames", str(frames), "--budget-s", str(budget),
                         "--seed", str(seed), "--workdir", str(work)], check=True)
         saved, probs = np.load(frames), np.load(work / "probs.npz")
         y, splits = saved["y"], saved["splits"]
-        result = {**score(y[splits == "val"], probs["val"], y[splits == "test"], probs["test"], confidence),
+        result = {**score(y[splits == "val"], probs["val"], y[splits == "test"], probs["test"],
+                          exp.objective.recall_confidence),
                   **json.loads((work / "info.json").read_text())}
-    result.update(approach=name, wall_s=round(time.time() - t0, 1), budget_s=budget)
+    result.update(approach=name, wall_s=round(time.time() - t0, 1), budget_s=budget, data_fingerprint=key)
     (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -211,15 +260,18 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = ap.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, help="a labelled folder to compare on instead of demo data")
+    source.add_argument("--family", default="base", help="demo-data family to generate (default base; see nas demo-data --help)")
     ap.add_argument("--n", type=int, default=2000, help="demo frames (default 2000)")
     ap.add_argument("--size", type=int, default=128, help="demo frame size in px (default 128)")
     ap.add_argument("--seed", type=int, default=7, help="demo-data seed (default 7)")
-    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--groups", type=int, help="demo sessions (default: the family's, 8 for base)")
     ap.add_argument("--budget-min", type=float, default=15.0, help="wall-clock minutes per approach (default 15)")
     ap.add_argument("--anchor-size", type=int, default=128, help="frame size the anchors train on (default 128, "
-                    "capped at --size): their networks have no strided stem, so larger frames only slow them")
+                    "capped at the frames' size): their networks have no strided stem, so larger frames only slow them")
     ap.add_argument("--experiment", type=Path, default=REPO / "experiments" / "haadf.toml")
     ap.add_argument("--only", default=",".join(APPROACHES), help="comma-separated subset of " + ", ".join(APPROACHES))
     ap.add_argument("--fresh", action="store_true", help="rerun approaches that have a result already")
@@ -228,7 +280,50 @@ def main() -> None:
     ap.add_argument("--frames", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--budget-s", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def run_all(args, only: list[str], folder: Path, data: Path, frames: Path, key: str, exp) -> dict[str, dict]:
+    """Each approach in turn, or its kept result when it ran on the same frames with the same budget."""
+    budget = args.budget_min * 60
+    results = {}
+    for name in APPROACHES:
+        kept = folder / name / "result.json"
+        old = json.loads(kept.read_text()) if kept.is_file() else {}
+        # results from before fingerprints were kept (demo data only) count as the same frames
+        same = old.get("budget_s") == budget and old.get("data_fingerprint", key if not args.data else None) == key
+        if same and (name not in only or not args.fresh):
+            if name in only:
+                print(f"{name}: reusing {kept}", file=sys.stderr)
+            results[name] = old
+        elif name in only:
+            print(f"{name}: running for {args.budget_min:g} minutes", file=sys.stderr, flush=True)
+            results[name] = run_approach(name, folder, data, frames, args.experiment, budget, args.seed, exp, key)
+    return results
+
+
+def figures(results: dict[str, dict], about: str) -> dict:
+    """The JSON last line: nas's test figures, the better anchor's, and the margin; prints the differences."""
+    out = {"nas_precision_at_recall": None, "nas_weighted_f1": None, "best_anchor_precision_at_recall": None,
+           "margin": None, "data": about}
+    anchors = [r for n, r in results.items() if n != "nas"]
+    if "nas" in results:
+        nas_test = results["nas"]["test"]
+        out.update(nas_precision_at_recall=round(nas_test["precision"], 4), nas_weighted_f1=round(nas_test["weighted_f1"], 4))
+        for r in anchors:
+            t = r["test"]
+            print(f"nas - {r['approach']}: test precision {nas_test['precision'] - t['precision']:+.3f}, "
+                  f"weighted F1 {nas_test['weighted_f1'] - t['weighted_f1']:+.3f}, PR-AUC {nas_test['pr_auc'] - t['pr_auc']:+.3f}")
+    if anchors:
+        best = max(r["test"]["precision"] for r in anchors)
+        out["best_anchor_precision_at_recall"] = round(best, 4)
+        if out["nas_precision_at_recall"] is not None:
+            out["margin"] = round(out["nas_precision_at_recall"] - best, 4)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
     if args.anchor:
         anchor_process(args.anchor, args.frames, args.budget_s, args.seed, args.workdir)
         return
@@ -238,50 +333,22 @@ def main() -> None:
         raise SystemExit(f"--only: unknown approach(es) {', '.join(sorted(unknown))}; expected {', '.join(APPROACHES)}")
 
     from nas.config import load_experiment
+    from nas.errors import NasError
 
-    folder = args.out / f"seed{args.seed}-n{args.n}-{args.size}px"
-    data = folder / "data"
-    if not (data / "labels.csv").is_file():
-        nas("demo-data", data, "--n", args.n, "--size", args.size, "--seed", args.seed, "--groups", args.groups)
-    exp = load_experiment(args.experiment)
-    anchor_size = min(args.anchor_size, args.size)
-    frames = folder / f"frames-{anchor_size}px.npz"
-    if not frames.is_file():
-        make_frames(data, exp, anchor_size, frames)
-    budget = args.budget_min * 60
-    results = {}
-    for name in APPROACHES:
-        kept = folder / name / "result.json"
-        if name not in only:
-            if kept.is_file() and json.loads(kept.read_text()).get("budget_s") == budget:
-                results[name] = json.loads(kept.read_text())
-            continue
-        if kept.is_file() and not args.fresh and json.loads(kept.read_text()).get("budget_s") == budget:
-            print(f"{name}: reusing {kept}", file=sys.stderr)
-            results[name] = json.loads(kept.read_text())
-            continue
-        print(f"{name}: running for {args.budget_min:g} minutes", file=sys.stderr, flush=True)
-        results[name] = run_approach(name, folder, data, frames, args.experiment, budget, args.seed,
-                                     exp["objective"]["recall_confidence"])
-    print(f"\n{folder.name}: {args.n} frames of {args.size} px (anchors at {anchor_size} px), "
+    try:
+        exp = load_experiment(args.experiment)
+        folder, data, about = data_source(args)
+        anchor_size = min(args.anchor_size, smallest_side(data, exp) if args.data else args.size)
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = folder / f"frames-{anchor_size}px.npz"
+        key = make_frames(data, exp, anchor_size, frames)
+    except NasError as exc:
+        raise SystemExit(f"anchors: {exc}") from None
+    results = run_all(args, only, folder, data, frames, key, exp)
+    print(f"\n{folder.name}: {about} (anchors at {anchor_size} px), "
           f"{args.budget_min:g} minutes each, test figures at the val threshold for recall >= {FLOOR}\n")
     print(table(results))
-    figures = {"nas_precision_at_recall": None, "nas_weighted_f1": None, "best_anchor_precision_at_recall": None,
-               "margin": None}
-    anchors = [r for n, r in results.items() if n != "nas"]
-    if "nas" in results:
-        nas_test = results["nas"]["test"]
-        figures.update(nas_precision_at_recall=round(nas_test["precision"], 4), nas_weighted_f1=round(nas_test["weighted_f1"], 4))
-        for r in anchors:
-            t = r["test"]
-            print(f"nas - {r['approach']}: test precision {nas_test['precision'] - t['precision']:+.3f}, "
-                  f"weighted F1 {nas_test['weighted_f1'] - t['weighted_f1']:+.3f}, PR-AUC {nas_test['pr_auc'] - t['pr_auc']:+.3f}")
-    if anchors:
-        best = max(r["test"]["precision"] for r in anchors)
-        figures["best_anchor_precision_at_recall"] = round(best, 4)
-        if figures["nas_precision_at_recall"] is not None:
-            figures["margin"] = round(figures["nas_precision_at_recall"] - best, 4)
-    print(json.dumps(figures))
+    print(json.dumps(figures(results, about)))
 
 
 if __name__ == "__main__":

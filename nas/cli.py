@@ -19,10 +19,12 @@ VERBOSE_HELP = "show TensorFlow's C++ log lines and Python warnings (hidden by d
 
 
 def cmd_demo_data(args) -> int:
-    from nas.synthetic import generate
+    from nas.synthetic import FAMILIES, generate
 
-    labels = generate(args.out, n=args.n, size=args.size, seed=args.seed, groups=args.groups)
+    labels = generate(args.out, n=args.n, size=args.size, seed=args.seed, groups=args.groups, family=args.family,
+                      positive_rate=args.positive_rate)
     print(f"wrote {args.n} frames of {args.size} px to {args.out} (labels: {labels})")
+    print(f"family {args.family}: {FAMILIES[args.family].about}")
     return 0
 
 
@@ -147,6 +149,12 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _family_names() -> list[str]:
+    from nas.synthetic import FAMILIES  # numpy only: cheap next to what every command imports
+
+    return list(FAMILIES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nas", description="Architecture search for HAADF-STEM frame triage: "
                                 "the objective is validation precision at a fixed recall floor.")
@@ -167,7 +175,11 @@ def _data_commands(sub) -> None:
     d.add_argument("--n", type=int, default=400, help="number of frames (default 400)")
     d.add_argument("--size", type=int, default=128, help="frame size in pixels (default 128)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--groups", type=int, default=8, help="chips/sessions; splits never mix them (default 8)")
+    d.add_argument("--groups", type=int, help="chips/sessions; splits never mix them (default: the family's, 8 for base)")
+    d.add_argument("--family", default="base", metavar="NAME",
+                   help="kind of data (default base): " + ", ".join(_family_names()) + "; see README, Demo data")
+    d.add_argument("--positive-rate", type=float, metavar="P",
+                   help="share of frames drawn positive, on average over sessions (default: the family's)")
     d.set_defaults(func=cmd_demo_data)
 
 

@@ -51,3 +51,37 @@ def test_demo_data_has_every_negative_kind_and_borderline_cases(tmp_path):
     kinds = {r["kind"] for r in rows if r["label"] == "negative"}
     assert {"empty", "multiple", "aggregate", "edge_cut", "defocused", "drift"} <= kinds
     assert sum(r["borderline"] == "True" for r in rows) > 20
+
+
+def test_base_data_is_what_it_always_was(tmp_path):
+    """`nas demo-data` without --family (or with --family base) writes what it wrote before the families:
+    the same labels.csv (columns and rows) and the same frames, so existing data and runs stay valid.
+    The digest is of the generator before the families were added (commit 2b1cfa3)."""
+    import hashlib
+
+    from nas.synthetic import CSV_FIELDS
+
+    for name, extra in (("plain", ()), ("base", ("--family", "base"))):
+        assert cli("demo-data", tmp_path / name, "--n", 12, "--size", 32, "--seed", 1, "--groups", 3, *extra).code == 0
+    labels = (tmp_path / "plain" / "labels.csv").read_bytes()
+    assert hashlib.sha256(labels).hexdigest() == "96b75db735196ecbc12dbeedad446c440bd24cffc41aba65f25b6ca6ec9f2803"
+    assert labels == (tmp_path / "base" / "labels.csv").read_bytes()
+    assert next(csv.reader(open(tmp_path / "plain" / "labels.csv"))) == list(CSV_FIELDS)
+    for row in csv.DictReader(open(tmp_path / "plain" / "labels.csv")):
+        assert (tmp_path / "plain" / row["path"]).read_bytes() == (tmp_path / "base" / row["path"]).read_bytes()
+
+
+def test_new_shapes_render_what_they_claim():
+    from nas.synthetic.particles import signal, thickness
+
+    yy, xx = np.mgrid[0:41, 0:41].astype(np.float64)
+    core_shell = Particle("core_shell", 20, 20, 15, 0, {"Fe": 1.0}, 10, detail={"second": {"Au": 1.0}, "core_fraction": 0.5})
+    t = thickness(core_shell, xx, yy)
+    per_nm = signal(core_shell, t, xx, yy) / np.maximum(t, 1e-9)
+    assert per_nm[20, 20] > 3 * per_nm[20, 33]  # through the gold core: half gold, against iron alone at the rim
+    hollow = Particle("hollow", 20, 20, 15, 0, {"Au": 1.0}, 10, detail={"cavity": 0.7})
+    t = thickness(hollow, xx, yy)
+    assert t[20, 20 + 12] > 1.5 * t[20, 20]  # a nanoshell's rim is thicker in projection than its centre
+    janus = Particle("janus", 20, 20, 15, 0, {"Au": 1.0}, 10, detail={"second": {"Fe": 1.0}})
+    s = signal(janus, thickness(janus, xx, yy), xx, yy)
+    assert s[20, 26] > 3 * s[20, 14]  # the gold half (+x) against the iron half

@@ -1,0 +1,221 @@
+"""Leave-one-family-out generalization (issue 15): the recommended experiment on each demo-data family.
+
+For each family: generate its data (--n frames of --size px; seed = --seed + the family's place in the
+catalog, so every family has its own), run `nas search EXPERIMENT --data DIR` for --budget-min minutes,
+`nas export` the best trial, and read the model card: the search's own val estimate of the objective with its
+95% interval, and the test split's precision, recall, weighted F1 and PR-AUC at the val threshold.
+  honest     the val estimate's 95% interval contains the test precision
+  recall ok  test recall >= the recall floor minus --slack
+Families named by --held-out are summarised apart from the others: choose settings on the others, report on
+these. Each family's result is kept (OUT/<family>-seed<S>-n<N>-<PX>px/result.json) and reused when its data,
+the experiment file, the budget and the --set values are the same; --fresh reruns it. The searches' own
+output goes to standard error; standard output carries the table and, as its last line, a JSON object.
+
+    python benchmarks/generalization.py                                    # every family, 15 minutes each
+    python benchmarks/generalization.py --families base,rare --held-out rare --budget-min 5
+    python benchmarks/generalization.py --set search.tuner=random --out results/generalization-random
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, nas
+
+from nas.synthetic import FAMILIES
+
+
+def read_card(run: Path) -> dict:
+    """The figures this benchmark reports, from the export's model card; the one place that knows its layout.
+    The val estimate and its interval are the winning trial's objective and objective_ci95 (the search's own
+    figures, from the card if it carries them, else from the trial's record in the log); failing both, the
+    card's val precision and its bootstrap interval at the chosen threshold."""
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    val, test = card["metrics"][card.get("threshold_from", "val")], card["metrics"]["test"]
+    trial, finished = _trial_log(run / "trials.jsonl", str(card["trial_id"]))
+    searched = card.get("search_estimate") or {}
+    estimate = searched.get("objective", trial.get("objective"))
+    interval = searched.get("ci95") or trial.get("objective_ci95")
+    source = "trial objective"
+    if estimate is None or not interval:
+        estimate, interval, source = val["precision"], val.get("precision_95ci"), "val precision at the threshold"
+    return {
+        "trial_id": card["trial_id"], "trials": finished, "recall_floor": card["recall_floor"],
+        "threshold": card["threshold"], "val_estimate": estimate, "val_ci95": interval, "val_estimate_is": source,
+        "test_precision": test["precision"], "test_recall": test["recall"], "test_weighted_f1": test["weighted_f1"],
+        "test_pr_auc": test["pr_auc"], "test_n": test["n"], "test_positives": test["positives"],
+        "threshold_note": card.get("threshold_note"), "val_split": card.get("threshold_from", "val"),
+        "expected_test_precision_95": (card.get("expected_on_test") or {}).get("precision"),
+        "expected_test_recall_95": (card.get("expected_on_test") or {}).get("recall"),
+    }
+
+
+def _trial_log(log: Path, trial_id: str) -> tuple[dict, int]:
+    """The winning trial's trial_finished event, and how many trials finished (not counting one the budget
+    interrupted). The log is JSON lines; a torn last line is skipped."""
+    found, finished = {}, 0
+    for line in log.read_text().splitlines():
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if ev.get("event") == "trial_finished":
+            finished += 1
+            found = ev if str(ev.get("trial_id")) == trial_id else found
+    return found, finished
+
+
+def judge(fig: dict, slack: float) -> dict:
+    """Is the val estimate honest about the test precision, and does test recall keep the floor (less slack)?"""
+    lo, hi = fig["val_ci95"] or (None, None)
+    honest = None if lo is None else bool(lo <= fig["test_precision"] <= hi)
+    return {**fig, "honest": honest, "recall_ok": bool(fig["test_recall"] >= fig["recall_floor"] - slack)}
+
+
+def settings(args, name: str) -> dict:
+    """What a kept result must match to be reused."""
+    return {"family": name, "seed": family_seed(name, args.seed), "n": args.n, "size": args.size,
+            "experiment": str(args.experiment), "experiment_sha256": hashlib.sha256(args.experiment.read_bytes()).hexdigest(),
+            "budget_s": args.budget_min * 60, "set": list(args.set or [])}
+
+
+def family_seed(name: str, base: int) -> int:
+    return base + list(FAMILIES).index(name)
+
+
+def positive_share(data: Path) -> float:
+    rows = list(csv.DictReader(open(data / "labels.csv")))
+    return sum(r["label"] == "positive" for r in rows) / len(rows)
+
+
+def run_family(name: str, args, folder: Path) -> dict:
+    """Data, search, export, figures for one family; a failure is recorded with its reason, not raised."""
+    data, results = folder / "data", folder / "results"
+    if not (data / "labels.csv").is_file():
+        nas("demo-data", data, "--n", args.n, "--size", args.size, "--seed", family_seed(name, args.seed), "--family", name)
+    shutil.rmtree(results, ignore_errors=True)
+    cmd = [sys.executable, "-m", "nas"]
+    sets = [x for kv in (args.set or []) for x in ("--set", kv)]
+    t0 = time.time()
+    try:
+        _call([*cmd, "search", str(args.experiment), "--data", str(data), "--results", str(results), "--run-id", "run",
+               "--time-budget", str(int(args.budget_min * 60)), *sets])
+        run = next(results.glob("*/run"))
+        if '"trial_finished"' not in (run / "trials.jsonl").read_text():
+            raise RuntimeError("no trial finished within the budget; give it more time (--budget-min)")
+        _call([*cmd, "export", str(run)])
+        fig = judge(read_card(run), args.slack)
+    except (RuntimeError, StopIteration) as exc:
+        fig = {"error": str(exc) or "the search wrote no run folder"}
+    return {**fig, "positive_share": round(positive_share(data), 4), "wall_s": round(time.time() - t0, 1),
+            "settings": settings(args, name)}
+
+
+def _call(cmd: list[str]) -> None:
+    """Run a nas command, its output on our standard error; raise with its last error line if it fails."""
+    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        raise RuntimeError(f"nas {cmd[3]} exited {proc.returncode}: {lines[-1] if lines else 'no message'}")
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(results: dict[str, dict], held_out: set[str], slack: float) -> str:
+    lines = ["| family | role | positive | trials | val estimate [95% CI] | test precision | test recall | "
+             f"test weighted F1 | test PR-AUC | honest | recall >= floor - {slack:g} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        role = "held out" if name in held_out else "development"
+        if "error" in r:
+            lines.append(f"| {name} | {role} | {r['positive_share']:.0%} | failed: {r['error']} |||||||")
+            continue
+        lo, hi = r["val_ci95"] or (None, None)
+        lines.append(f"| {name} | {role} | {r['positive_share']:.0%} | {r['trials']} | {r['val_estimate']:.3f} "
+                     f"[{_fmt(lo, '.2f')}-{_fmt(hi, '.2f')}] | {r['test_precision']:.3f} | {r['test_recall']:.3f} | "
+                     f"{r['test_weighted_f1']:.3f} | {r['test_pr_auc']:.3f} | {'-' if r['honest'] is None else 'yes' if r['honest'] else 'NO'} | "
+                     f"{'yes' if r['recall_ok'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def summary(results: dict[str, dict]) -> dict:
+    done = [r for r in results.values() if "error" not in r]
+    if not done:
+        return {"families": len(results), "failed": len(results)}
+    prec = [r["test_precision"] for r in done]
+    return {"families": len(results), "failed": len(results) - len(done),
+            "mean_test_precision": round(sum(prec) / len(prec), 4), "worst_test_precision": round(min(prec), 4),
+            "mean_test_recall": round(sum(r["test_recall"] for r in done) / len(done), 4),
+            "honest": sum(bool(r["honest"]) for r in done), "recall_ok": sum(r["recall_ok"] for r in done)}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--families", default=",".join(FAMILIES), help="comma-separated (default: all of " + ", ".join(FAMILIES) + ")")
+    ap.add_argument("--held-out", default="", help="families reported apart from the rest (comma-separated)")
+    ap.add_argument("--experiment", type=Path, default=REPO / "experiments" / "haadf.toml")
+    ap.add_argument("--budget-min", type=float, default=15.0, help="search minutes per family (default 15)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="passed to nas search (repeatable)")
+    ap.add_argument("--n", type=int, default=2000, help="frames per family (default 2000)")
+    ap.add_argument("--size", type=int, default=128, help="frame size in px (default 128)")
+    ap.add_argument("--seed", type=int, default=20, help="family i of the catalog gets seed S + i (default 20: "
+                    "seeds 20-29, which no README figure uses)")
+    ap.add_argument("--slack", type=float, default=0.05, help="test recall may fall this far below the floor (default 0.05)")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "generalization")
+    ap.add_argument("--fresh", action="store_true", help="rerun families that have a result already")
+    args = ap.parse_args()
+    args.families = [f for f in args.families.split(",") if f]
+    args.held_out = {f for f in args.held_out.split(",") if f}
+    for option, names in (("--families", set(args.families)), ("--held-out", args.held_out)):
+        if names - set(FAMILIES):
+            raise SystemExit(f"{option}: unknown family {', '.join(sorted(names - set(FAMILIES)))}; expected some of {', '.join(FAMILIES)}")
+    if args.held_out - set(args.families):
+        raise SystemExit(f"--held-out: {', '.join(sorted(args.held_out - set(args.families)))} not among --families")
+    if not args.experiment.is_file():
+        raise SystemExit(f"--experiment {args.experiment}: file not found")
+    args.experiment = args.experiment.resolve()
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    results = {}
+    for name in args.families:
+        folder = args.out / f"{name}-seed{family_seed(name, args.seed)}-n{args.n}-{args.size}px"
+        kept = folder / "result.json"
+        old = json.loads(kept.read_text()) if kept.is_file() else {}
+        if not args.fresh and "error" not in old and old.get("settings") == settings(args, name):
+            print(f"{name}: reusing {kept}", file=sys.stderr)
+            results[name] = old
+            continue
+        print(f"{name}: searching for {args.budget_min:g} minutes", file=sys.stderr, flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        results[name] = run_family(name, args, folder)
+        kept.write_text(json.dumps(results[name], indent=1))
+    print(f"\n{args.experiment.name}, {args.budget_min:g} minutes a family, {args.n} frames of {args.size} px; "
+          "test figures at the val threshold\n")
+    print(table(results, args.held_out, args.slack))
+    groups = {"all": results, "development": {k: v for k, v in results.items() if k not in args.held_out},
+              "held_out": {k: v for k, v in results.items() if k in args.held_out}}
+    out = {"experiment": str(args.experiment), "budget_min": args.budget_min, "set": list(args.set or []), "n": args.n,
+           "size": args.size, "slack": args.slack,
+           "families": {k: {key: v for key, v in r.items() if key != "settings"} for k, r in results.items()},
+           "summary": {k: summary(v) for k, v in groups.items() if v}}
+    print(json.dumps(out))
+    if any("error" in r for r in results.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The parts of benchmarks/anchors.py and benchmarks/generalization.py that read data and model cards, on
+tiny data and the shared exported run (the searches themselves are measured by the lead, not here)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from .conftest import REPO, write_experiment
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import anchors  # noqa: E402
+import generalization  # noqa: E402
+
+
+def test_generalization_reads_the_card_and_judges_honesty(exported_run):
+    fig = generalization.read_card(exported_run.parent)
+    card = json.loads((exported_run / "model_card.json").read_text())
+    assert fig["test_precision"] == card["metrics"]["test"]["precision"]
+    assert fig["test_recall"] == card["metrics"]["test"]["recall"] and fig["recall_floor"] == card["recall_floor"]
+    trial = [json.loads(line) for line in (exported_run.parent / "trials.jsonl").read_text().splitlines()]
+    trial = next(e for e in trial if e["event"] == "trial_finished" and e["trial_id"] == card["trial_id"])
+    assert fig["val_estimate"] == trial["objective"] and fig["val_ci95"] == trial["objective_ci95"]
+    lo, hi = fig["val_ci95"]
+    inside = generalization.judge({**fig, "test_precision": (lo + hi) / 2, "test_recall": 0.86}, slack=0.05)
+    assert inside["honest"] is True and inside["recall_ok"] is True
+    outside = generalization.judge({**fig, "test_precision": hi + 0.01, "test_recall": 0.84}, slack=0.05)
+    assert outside["honest"] is False and outside["recall_ok"] is False
+
+
+def test_anchor_frames_from_any_labelled_folder_keep_groups_apart(tmp_path, tiny_data):
+    """labels.csv with groups: a grouped split, frames normalized to the anchors' size, reused when unchanged."""
+    from nas.config import load_experiment
+
+    exp = load_experiment(write_experiment(tmp_path / "e.toml", tiny_data))
+    out = tmp_path / "frames.npz"
+    key = anchors.make_frames(tiny_data, exp, 24, out)
+    saved = np.load(out)
+    assert saved["x"].shape == (60, 24, 24) and 0 <= saved["x"].min() and saved["x"].max() <= 1
+    group = {r["path"]: r["group"] for r in csv.DictReader(open(tiny_data / "labels.csv"))}
+    spans = {}
+    for path, split in zip(saved["paths"].tolist(), saved["splits"].tolist(), strict=True):
+        spans.setdefault(group[path], set()).add(split)
+    assert all(len(s) == 1 for s in spans.values()) and {"train", "val", "test"} == set().union(*spans.values())
+    mtime = out.stat().st_mtime_ns
+    assert anchors.make_frames(tiny_data, exp, 24, out) == key and out.stat().st_mtime_ns == mtime
+
+
+def test_anchor_frames_of_mixed_sizes_from_class_folders(tmp_path):
+    from nas.config import load_experiment
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        label = "positive" if i % 2 else "negative"
+        (tmp_path / "d" / label).mkdir(parents=True, exist_ok=True)
+        shape = (40 + 4 * (i % 3), 52)  # non-square, three heights
+        tifffile.imwrite(tmp_path / "d" / label / f"f{i}.tif", rng.integers(0, 4000, shape).astype(np.uint16))
+    exp = load_experiment(write_experiment(tmp_path / "e.toml", tmp_path / "d"))
+    assert anchors.smallest_side(tmp_path / "d", exp) == 44  # of the first frame, positive/f1.tif: 44 x 52
+    anchors.make_frames(tmp_path / "d", exp, 32, tmp_path / "f.npz")
+    assert np.load(tmp_path / "f.npz")["x"].shape == (24, 32, 32)
+
+
+def test_generalization_refuses_unknown_families(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["generalization.py", "--families", "base,cryo"])
+    with pytest.raises(SystemExit, match="--families: unknown family cryo"):
+        generalization.parse_args()
+    monkeypatch.setattr(sys, "argv", ["generalization.py", "--families", "base", "--held-out", "rare"])
+    with pytest.raises(SystemExit, match="--held-out: rare not among --families"):
+        generalization.parse_args()
