@@ -4,6 +4,7 @@ that trials, resumes and later runs read a row at a time (resident memory does n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from nas.data import Record
+from nas.drift import frame_features
 from nas.errors import NasError
-from nas.frames import read_frame
+from nas.frames import read_frame_and_size
 from nas.preprocess import normalize_np
 
-CACHE_VERSION = 4  # bump when preprocessing arithmetic changes
+CACHE_VERSION = 5  # bump when preprocessing arithmetic changes (5: per-frame pixel size and drift statistics)
 
 
 class FrameStore:
@@ -112,6 +114,7 @@ class CachedData:
     rebuilt: int
     directory: Path
     duplicates: list[tuple[int, int]] = field(default_factory=list)  # (row, earlier row) of equal content
+    meta: list[dict] = field(default_factory=list)  # per row: pixel_size_nm (None: unknown), drift features
 
     @property
     def labels(self) -> np.ndarray:
@@ -124,22 +127,34 @@ def identity(root: Path, rec: Record) -> str:
     return f"{rec.path}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def cache_key(root: Path, size: int, clip: Iterable[float]) -> str:
-    text = json.dumps({"root": str(root.resolve()), "size": size, "clip": list(clip), "v": CACHE_VERSION})
+def cache_key(root: Path, size: int, clip: Iterable[float], signal: str = "", pixel_size_nm: float = 0.0) -> str:
+    text = json.dumps({"root": str(root.resolve()), "size": size, "clip": list(clip), "v": CACHE_VERSION,
+                       "signal": signal, "pixel_size_nm": pixel_size_nm})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def frame_options(data_section: dict) -> dict:
+    """The keyword arguments of build_cache that come from an experiment's [data] section besides size and clip."""
+    return {"signal": data_section.get("signal", ""), "pixel_size_nm": data_section.get("pixel_size_nm", 0.0)}
 
 
 def _digest(frame: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(frame, dtype=np.float32).tobytes()).hexdigest()
 
 
-def _decode(task: tuple[str, int, tuple[float, float]]) -> tuple[np.ndarray | None, str]:
-    """Worker: read, validate and normalize one frame; a bad frame comes back as its error text."""
-    path, size, clip = task
+def _decode(task: tuple[str, int, tuple[float, float], str, float]) -> tuple[np.ndarray | None, str, dict]:
+    """Worker: read, validate and normalize one frame; a bad frame comes back as its error text. Also the
+    frame's pixel size and its drift statistics (from the raw frame; see nas.drift)."""
+    path, size, clip, signal, target = task
     try:
-        return normalize_np(read_frame(path), size, clip), ""
+        frame, pixel = read_frame_and_size(path, signal)
     except NasError as exc:
-        return None, str(exc)
+        return None, str(exc), {}
+    if target and not pixel:
+        return None, (f"{path}: no pixel size in the file; data.pixel_size_nm = {target:g} resamples every frame to "
+                      f"{target:g} nm per model pixel and needs one (set it to 0 to resize whole frames)"), {}
+    meta = {"pixel_size_nm": pixel, "features": [round(v, 6) for v in frame_features(frame, clip, pixel)]}
+    return normalize_np(frame, size, clip, pixel, target), "", meta
 
 
 PARALLEL_MIN = 64  # below this many frames to decode, worker start-up costs more than it saves
@@ -174,47 +189,54 @@ def build_cache(
     skip_bad: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    signal: str = "",
+    pixel_size_nm: float = 0.0,
 ) -> CachedData:
     """Decode and normalize every frame once into `cache_root/<key>/frames.npy`, reusing unchanged rows.
 
     A row is reused when the file's path, size and mtime match the cached entry. Rows stream into a new
     file beside the old one (memory does not grow with the number of frames), which is renamed into
-    place at the end, so an interrupted build leaves the old cache intact.
+    place at the end, so an interrupted build leaves the old cache intact. `signal` picks the signal in
+    files holding several; `pixel_size_nm` resamples to a physical scale (see nas.preprocess).
     """
     root = Path(root)
-    directory = Path(cache_root) / cache_key(root, size, clip)
+    directory = Path(cache_root) / cache_key(root, size, clip, signal, pixel_size_nm)
     directory.mkdir(parents=True, exist_ok=True)
     index_path, frames_path = directory / "index.json", directory / "frames.npy"
     old_rows: dict[str, int] = {}
     old_digests: list[str] = []
+    old_meta: list[dict] = []
     old = None
     if index_path.is_file() and frames_path.is_file():
         try:
             index = json.loads(index_path.read_text())
             old_rows = {ident: i for i, ident in enumerate(index["identities"])}
-            old_digests = index["digests"]
+            old_digests, old_meta = index["digests"], index["meta"]
             old = FrameStore(frames_path)
         except (ValueError, KeyError, OSError):
             old_rows, old = {}, None  # a damaged cache is rebuilt, never trusted
     identities = [identity(root, r) for r in records]
     todo = [i for i, ident in enumerate(identities) if ident not in old_rows]
     if not todo and old is not None and list(old_rows) == identities:
-        return CachedData(old, list(records), [], 0, directory, _duplicates(root, records, old_digests, range(len(records))))
+        return CachedData(old, _with_pixel_sizes(records, old_meta), [], 0, directory,
+                          _duplicates(root, records, old_digests, range(len(records))), old_meta)
     workers = workers if workers is not None else max(1, min(os.cpu_count() or 1, 8))
     tmp = directory / f"frames.{os.getpid()}.tmp.npy"
     writer = FrameStore.create(tmp, len(records), size)
     digests: list[str] = [""] * len(records)
+    metas: list[dict] = [{}] * len(records)
     bad: dict[int, str] = {}
     try:
-        fresh = iter(zip(todo, _decoded([(str(root / records[i].path), size, clip) for i in todo], workers), strict=True))
+        tasks = [(str(root / records[i].path), size, clip, signal, pixel_size_nm) for i in todo]
+        fresh = iter(zip(todo, _decoded(tasks, workers), strict=True))
         done = 0
         for i in range(len(records)):
             if identities[i] in old_rows:
                 j = old_rows[identities[i]]
                 writer.write(i, old[j])
-                digests[i] = old_digests[j]
+                digests[i], metas[i] = old_digests[j], old_meta[j]
                 continue
-            _, (frame, error) = next(fresh)
+            _, (frame, error, metas[i]) = next(fresh)
             done += 1
             if error:
                 if not skip_bad:
@@ -245,10 +267,17 @@ def build_cache(
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, frames_path)
+    kept_meta = [metas[i] for i in keep]
     _write_json(index_path, {"identities": [identities[i] for i in keep], "digests": [digests[i] for i in keep],
-                             "size": size, "clip": list(clip)})
-    return CachedData(FrameStore(frames_path), [records[i] for i in keep],
-                      [(records[i].path, bad[i]) for i in sorted(bad)], len(todo) - len(bad), directory, duplicates)
+                             "size": size, "clip": list(clip), "meta": kept_meta})
+    return CachedData(FrameStore(frames_path), _with_pixel_sizes([records[i] for i in keep], kept_meta),
+                      [(records[i].path, bad[i]) for i in sorted(bad)], len(todo) - len(bad), directory, duplicates,
+                      kept_meta)
+
+
+def _with_pixel_sizes(records: list[Record], meta: list[dict]) -> list[Record]:
+    """Records carrying the pixel size read from their files (so that split.csv can record it)."""
+    return [dataclasses.replace(r, pixel_size_nm=m.get("pixel_size_nm")) for r, m in zip(records, meta, strict=True)]
 
 
 def _duplicates(root: Path, records: list[Record], digests: list[str], keep: Iterable[int]) -> list[tuple[int, int]]:

@@ -214,10 +214,11 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     from nas.predict import predict, write_csv
 
-    rows = predict(args.export, args.paths, threshold=args.threshold, batch=args.batch, progress=_progress("classifying"))
+    rows = predict(args.export, args.paths, threshold=args.threshold, batch=args.batch, signal=args.signal,
+                   progress=_progress("classifying"))
     counts = write_csv(rows, Path(args.out) if args.out else None, sys.stdout)
-    print(f"{counts['frames']} frames: {counts['positive']} positive, {counts['errors']} unreadable"
-          + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+    print(f"{counts['frames']} frames: {counts['positive']} positive, {counts['errors']} unreadable, "
+          f"{counts['unlike_training']} unlike the training frames" + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
@@ -293,12 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--top", type=int, default=5, help="trials in the table and the PR plot (default 5)")
     rp.set_defaults(func=cmd_report)
 
-    pr = sub.add_parser("predict", help="classify TIFF files or folders with an export; CSV out")
+    pr = sub.add_parser("predict", help="classify frame files (any instrument format) or folders with an export; CSV out")
     pr.add_argument("export")
     pr.add_argument("paths", nargs="+")
     pr.add_argument("--out", help="CSV file (default: standard output)")
     pr.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
     pr.add_argument("--batch", type=int, default=16)
+    pr.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
     pr.set_defaults(func=cmd_predict)
     return p
 

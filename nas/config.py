@@ -99,6 +99,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key((int,), 0, None, "seed of the split"),
         "clip_percentiles": Key((list,), [0.5, 99.5], _percentiles, "intensity clip before scaling to [0, 1]"),
         "skip_bad": Key((bool,), False, None, "skip unreadable or invalid frames (counted in the log) instead of stopping"),
+        "signal": Key((str,), "", None, "name of the signal to classify in files holding several (default: the one named HAADF, else the only image)"),
+        "pixel_size_nm": Key(NUM, 0.0, _nonneg, "resample every frame so a model pixel covers this many nm (0: resize whole frames); frames need a pixel size"),
     },
     "search": {
         "space": Key((str,), None, None, "search-space YAML file"),

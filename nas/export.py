@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from nas import cache as cache_mod  # noqa: E402
 from nas import config as config_mod  # noqa: E402
 from nas import data as data_mod  # noqa: E402
+from nas import drift as drift_mod  # noqa: E402
 from nas import splits as splits_mod  # noqa: E402
 from nas.errors import NasError  # noqa: E402
 from nas.objective import bootstrap_interval, classification_report, precision_at_recall, rank_key  # noqa: E402
@@ -88,11 +89,14 @@ def trial_values(space: SearchSpace, searched: dict[str, Any]) -> dict[str, Any]
     return values
 
 
-def _serving_module(model, image_size: int, clip: tuple[float, float], threshold: float):
-    """A tf.Module whose signatures take raw frames (B, H, W) as float32 or uint16."""
+def _serving_module(model, image_size: int, clip: tuple[float, float], threshold: float, pixel_size_nm: float = 0.0):
+    """A tf.Module whose signatures take raw frames (B, H, W) as float32 or uint16; with a physical scale
+    (data.pixel_size_nm) also each frame's pixel size in nm, `pixel_size_nm` (B,) float64."""
     import tensorflow as tf
 
     from nas.preprocess import normalize_tf
+
+    sizes = [tf.TensorSpec([None], tf.float64, name="pixel_size_nm")] if pixel_size_nm else []
 
     class Serving(tf.Module):
         def __init__(self):
@@ -100,18 +104,18 @@ def _serving_module(model, image_size: int, clip: tuple[float, float], threshold
             self.model = model
             self.threshold = tf.constant(threshold, tf.float32)
 
-        def _classify(self, frames):
-            x = normalize_tf(frames, image_size, clip)
+        def _classify(self, frames, *pixel):
+            x = normalize_tf(frames, image_size, clip, *(pixel or [None]), pixel_size_nm)
             prob = tf.reshape(self.model(x, training=False), [-1])
             return {"probability": prob, "decision": prob >= self.threshold}
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="frames")])
-        def serve(self, frames):
-            return self._classify(frames)
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="frames"), *sizes])
+        def serve(self, frames, *pixel):
+            return self._classify(frames, *pixel)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint16, name="frames")])
-        def serve_uint16(self, frames):
-            return self._classify(frames)
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint16, name="frames"), *sizes])
+        def serve_uint16(self, frames, *pixel):
+            return self._classify(frames, *pixel)
 
     return Serving()
 
@@ -203,7 +207,8 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False,
     size, clip, floor = d["image_size"], tuple(d["clip_percentiles"]), exp["objective"]["recall_floor"]
     splits_mod.require_unchanged(run.split, Path(d["path"]))
     records, splits = splits_mod.read_split(run.split, d["positive"])
-    cached = cache_mod.build_cache(records, Path(d["path"]), run.path.parent.parent / ".cache", size, clip, skip_bad=d["skip_bad"])
+    cached = cache_mod.build_cache(records, Path(d["path"]), run.path.parent.parent / ".cache", size, clip, skip_bad=d["skip_bad"],
+                                  **cache_mod.frame_options(d))
     kept = {r.path for r in cached.records}
     split_arr = np.array([s for r, s in zip(records, splits, strict=True) if r.path in kept])
     labels = cached.labels
@@ -252,7 +257,7 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False,
     tmp.mkdir()
     try:
         tf.saved_model.save(
-            module := _serving_module(model, size, clip, op.threshold),
+            module := _serving_module(model, size, clip, op.threshold, d["pixel_size_nm"]),
             str(tmp / SAVED_MODEL),
             signatures={"serving_default": module.serve, "serve_uint16": module.serve_uint16},
         )
@@ -278,6 +283,7 @@ def _export(run: RunDir, trial_id: str | None, final: Path, refit: bool = False,
             "versions": _versions(), "trials_log_sha256": _sha256(run.trials_log),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        drift_mod.describe_export(card, tmp, cached.meta, split_arr, p_val, d["signal"], d["pixel_size_nm"])
         atomic_write_json(tmp / "model_card.json", card)
         atomic_write_text(tmp / "MODEL_CARD.md", _card_markdown(card))
         _plots(tmp, y_test, p_test, op.threshold, floor, test)

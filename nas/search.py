@@ -409,7 +409,7 @@ def prepare_data(exp: config_mod.Experiment, run: RunDir, cache_root: Path, *, r
         records = data_mod.scan(root, d["positive"], d["negative"])
         splits = None
     cached = cache_mod.build_cache(records, root, cache_root, d["image_size"], tuple(d["clip_percentiles"]),
-                                  skip_bad=d["skip_bad"], progress=progress)
+                                  skip_bad=d["skip_bad"], progress=progress, **cache_mod.frame_options(d))
     if splits is None:
         splits = splits_mod.make_split(cached.records, tuple(d["split"]), d["seed"])
         dropped = _duplicates_across_splits(cached, splits, root, d["skip_bad"])

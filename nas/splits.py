@@ -53,14 +53,16 @@ def make_split(records: list[Record], fractions: tuple[float, float, float], see
 
 
 def write_split(path: Path, root: Path, records: list[Record], splits: list[str], positive: str, negative: str) -> None:
-    """split.csv, written once: each frame's split plus its size and mtime, so a resume can tell if it changed."""
+    """split.csv, written once: each frame's split plus its size and mtime, so a resume can tell if it changed,
+    and its pixel size (nm; empty when the file has none)."""
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "split", "group", "bytes", "mtime_ns"])
+        w.writerow(["path", "label", "split", "group", "bytes", "mtime_ns", "pixel_size_nm"])
         for r, s in zip(records, splits, strict=True):
             st = (root / r.path).stat()
-            w.writerow([r.path, positive if r.label else negative, s, r.group, st.st_size, st.st_mtime_ns])
+            pixel = f"{r.pixel_size_nm:.6g}" if r.pixel_size_nm else ""
+            w.writerow([r.path, positive if r.label else negative, s, r.group, st.st_size, st.st_mtime_ns, pixel])
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -69,7 +71,8 @@ def write_split(path: Path, root: Path, records: list[Record], splits: list[str]
 def read_split(path: Path, positive: str) -> tuple[list[Record], list[str]]:
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return [Record(r["path"], int(r["label"] == positive), r["group"]) for r in rows], [r["split"] for r in rows]
+    return ([Record(r["path"], int(r["label"] == positive), r["group"], float(r["pixel_size_nm"]) if r.get("pixel_size_nm") else None)
+             for r in rows], [r["split"] for r in rows])
 
 
 def changed_since_split(path: Path, root: Path) -> list[str]:
