@@ -153,7 +153,7 @@ def _decode(task: tuple[str, int, tuple[float, float], str, float]) -> tuple[np.
     if target and not pixel:
         return None, (f"{path}: no pixel size in the file; data.pixel_size_nm = {target:g} resamples every frame to "
                       f"{target:g} nm per model pixel and needs one (set it to 0 to resize whole frames)"), {}
-    meta = {"pixel_size_nm": pixel, "features": [round(v, 6) for v in frame_features(frame, clip, pixel)]}
+    meta = {"pixel_size_nm": pixel, "features": frame_features(frame, clip, pixel)}
     return normalize_np(frame, size, clip, pixel, target), "", meta
 
 

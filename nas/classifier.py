@@ -53,7 +53,7 @@ class Classifier:
     def jobs(self, path: Path, frames: FrameSet | NasError) -> list[Job]:
         """One job per frame of a file; an unreadable file is one job carrying its error."""
         if isinstance(frames, NasError):
-            return [Job(self._row(path, 0, None, error=str(frames)))]
+            return [Job(self._row(path, 0, None, frames=0, error=str(frames)))]  # frames 0: the file was not read
         out = []
         for i, frame in enumerate(frames.frames):
             row = self._row(path, i, frames.pixel_size_nm, frames=len(frames))
@@ -96,6 +96,16 @@ class Classifier:
                     job.row["decision"] = int(float(p) >= self.threshold)
                     job.frame = None  # the frame is no longer needed: memory stays one batch
         return [j.row for j in jobs]
+
+    def warm_up(self) -> None:
+        """One call on a dummy frame: the first call of a loaded SavedModel costs ~0.2 s (measured), which
+        would otherwise land on the first frame of a session."""
+        import tensorflow as tf
+
+        inputs = {"frames": tf.constant(np.random.default_rng(0).random((1, 64, 64), np.float32))}
+        if self.target_nm:
+            inputs["pixel_size_nm"] = tf.constant([self.target_nm], tf.float64)
+        self.serve(**inputs)
 
     def classify_files(self, paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
         """Rows for many files in order, holding at most about one batch of frames at a time."""

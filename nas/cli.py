@@ -222,6 +222,33 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _decision_line(row: dict) -> str:
+    where = Path(row["path"]).name + (f"[{row['frame']}]" if row.get("frames", 1) > 1 else "")
+    if row["error"]:
+        return f"{where}  error: {row['error']}"
+    verdict = "ACCEPT" if row["decision"] == 1 else "reject"
+    unlike = f"  unlike training ({row['drift']})" if row["in_distribution"] is False else ""
+    return f"{where}  p={row['probability']:.4f}  {verdict}  {row['latency_ms']:.0f} ms{unlike}"
+
+
+def cmd_watch(args) -> int:
+    from nas.watch import WatchOptions, watch
+
+    opts = WatchOptions(decisions=Path(args.decisions) if args.decisions else None, csv=Path(args.csv) if args.csv else None,
+                        accept_dir=Path(args.accept_dir) if args.accept_dir else None,
+                        reject_dir=Path(args.reject_dir) if args.reject_dir else None, copy=args.copy, poll=args.poll,
+                        poll_interval=args.poll_interval, settle=args.settle, once=args.once)
+    say = (lambda row: None) if args.quiet else (lambda row: print(_decision_line(row), flush=True))
+    if not args.once:
+        print(f"watching {args.dir} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    summary = watch(args.export, args.dir, opts, threshold=args.threshold, signal_name=args.signal, batch=args.batch,
+                    on_row=say, on_note=lambda text: print(f"nas: {text}", file=sys.stderr, flush=True))
+    print(f"{summary['frames']} decisions this session: {summary['positive']} accepted, {summary['errors']} errors, "
+          f"{summary['unlike_training']} unlike the training frames; stopped ({summary['stopped_by']}); "
+          f"log {summary['decisions']}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nas", description="Architecture search for HAADF-STEM frame triage: "
                                 "the objective is validation precision at a fixed recall floor.")
@@ -302,6 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch", type=int, default=16)
     pr.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
     pr.set_defaults(func=cmd_predict)
+
+    wa = sub.add_parser("watch", help="classify every frame that lands in a folder, once; decisions.jsonl out")
+    wa.add_argument("export")
+    wa.add_argument("dir", help="the folder frames land in (an acquisition share)")
+    wa.add_argument("--decisions", help="decision log (default DIR/decisions.jsonl); a restart continues it")
+    wa.add_argument("--csv", help="also write the decisions as CSV to this file")
+    wa.add_argument("--accept-dir", help="link (or copy) accepted frame files here for the next stage")
+    wa.add_argument("--reject-dir", help="link (or copy) rejected frame files here")
+    wa.add_argument("--copy", action="store_true", help="copy into --accept-dir/--reject-dir instead of hard-linking")
+    wa.add_argument("--poll", action="store_true", help="poll the folder (network shares, where file events do not arrive)")
+    wa.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    wa.add_argument("--settle", type=float, default=1.0,
+                    help="a file not renamed into place nor closed is complete once its size stops changing this long (default 1 s)")
+    wa.add_argument("--once", action="store_true", help="decide the frames already in the folder, then exit")
+    wa.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
+    wa.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
+    wa.add_argument("--batch", type=int, default=16, help="most frames classified together in a burst (default 16)")
+    wa.add_argument("--quiet", action="store_true", help="no line per decision on standard output")
+    wa.set_defaults(func=cmd_watch)
     return p
 
 

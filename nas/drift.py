@@ -51,7 +51,7 @@ def feature_ranges(features: np.ndarray) -> dict[str, list[float] | None]:
             out[name] = None
             continue
         lo, hi = np.percentile(col, QUANTILES)
-        pad = MARGIN * (hi - lo)
+        pad = MARGIN * (hi - lo) + 1e-9 * max(abs(lo), abs(hi), 1.0)  # a constant feature: equal values only
         out[name] = [float(lo - pad), float(hi + pad)]
     return out
 

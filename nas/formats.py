@@ -83,6 +83,7 @@ def read_signals(path: Path) -> list[Signal]:
 
 
 def _read_tiff(path: Path) -> Signal:
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # a damaged file is reported on its row, not also logged
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         if page.samplesperpixel > 1:
