@@ -222,23 +222,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _decision_line(row: dict) -> str:
-    where = Path(row["path"]).name + (f"[{row['frame']}]" if row.get("frames", 1) > 1 else "")
-    if row["error"]:
-        return f"{where}  error: {row['error']}"
-    verdict = "ACCEPT" if row["decision"] == 1 else "reject"
-    unlike = f"  unlike training ({row['drift']})" if row["in_distribution"] is False else ""
-    return f"{where}  p={row['probability']:.4f}  {verdict}  {row['latency_ms']:.0f} ms{unlike}"
-
-
 def cmd_watch(args) -> int:
-    from nas.watch import WatchOptions, watch
+    from nas.watch import WatchOptions, decision_line, watch
 
     opts = WatchOptions(decisions=Path(args.decisions) if args.decisions else None, csv=Path(args.csv) if args.csv else None,
                         accept_dir=Path(args.accept_dir) if args.accept_dir else None,
                         reject_dir=Path(args.reject_dir) if args.reject_dir else None, copy=args.copy, poll=args.poll,
                         poll_interval=args.poll_interval, settle=args.settle, once=args.once)
-    say = (lambda row: None) if args.quiet else (lambda row: print(_decision_line(row), flush=True))
+    say = (lambda row: None) if args.quiet else (lambda row: print(decision_line(row), flush=True))
     if not args.once:
         print(f"watching {args.dir} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     summary = watch(args.export, args.dir, opts, threshold=args.threshold, signal_name=args.signal, batch=args.batch,
@@ -246,6 +237,20 @@ def cmd_watch(args) -> int:
     print(f"{summary['frames']} decisions this session: {summary['positive']} accepted, {summary['errors']} errors, "
           f"{summary['unlike_training']} unlike the training frames; stopped ({summary['stopped_by']}); "
           f"log {summary['decisions']}", file=sys.stderr)
+    return 0
+
+
+def cmd_recalibrate(args) -> int:
+    from nas.recalibrate import recalibrate
+
+    folder, r = recalibrate(args.export, args.labelled, out=args.out, recall_floor=args.recall_floor,
+                            confidence=args.confidence, batch=args.batch)
+    old, new = r["previous"], r["new"]
+    print(f"recalibrated on {r['n']} frames ({r['positives']} positive): threshold {old['threshold']:.4g} -> {new['threshold']:.4g}")
+    for name, op in (("previous", old), ("new", new)):
+        print(f"  {name:<8} precision {op['precision']:.3f}, recall {op['recall']:.3f} "
+              f"({r['recall_confidence']:g} Wilson lower bound {op['recall_lower_bound']:.3f})")
+    print(f"new export: {folder}")
     return 0
 
 
@@ -348,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--batch", type=int, default=16, help="most frames classified together in a burst (default 16)")
     wa.add_argument("--quiet", action="store_true", help="no line per decision on standard output")
     wa.set_defaults(func=cmd_watch)
+
+    rc = sub.add_parser("recalibrate", help="a new threshold for a new session from labelled frames, as a new export")
+    rc.add_argument("export")
+    rc.add_argument("labelled", help="labelled frames of the new session: positive/ and negative/ folders, or labels.csv")
+    rc.add_argument("--out", help="the new export folder (default EXPORT-recalibrated-<time>, beside the old one)")
+    rc.add_argument("--recall-floor", type=float, help="recall to hold (default: the export's)")
+    rc.add_argument("--confidence", type=float,
+                    help="one-sided Wilson confidence for the recall (default: the export's, or 0.9 if it had none)")
+    rc.add_argument("--batch", type=int, default=16)
+    rc.set_defaults(func=cmd_recalibrate)
     return p
 
 

@@ -298,6 +298,16 @@ def _stop_signals(watcher: Watcher):
             signal.signal(sig, previous)
 
 
+def decision_line(row: dict[str, Any]) -> str:
+    """One decision as a line for the operator's terminal."""
+    where = Path(row["path"]).name + (f"[{row['frame']}]" if row.get("frames", 1) > 1 else "")
+    if row["error"]:
+        return f"{where}  error: {row['error']}"
+    unlike = f"  unlike training ({row['drift']})" if row["in_distribution"] is False else ""
+    return (f"{where}  p={row['probability']:.4f}  {'ACCEPT' if row['decision'] == 1 else 'reject'}  "
+            f"{row['latency_ms']:.0f} ms{unlike}")
+
+
 def watch(export: str | Path, folder: str | Path, opts: WatchOptions, *, threshold: float | None = None,
           signal_name: str | None = None, batch: int = 16, on_row=None, on_note=None) -> dict[str, Any]:
     """Load the export once and watch the folder; returns the session's counts and why it stopped."""
