@@ -15,6 +15,7 @@ import queue
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +93,13 @@ class Watcher:
                                                       "folder": str(self.folder), "model_id": self.clf.model_id,
                                                       "threshold": self.clf.threshold, "decided_before": self.log.rows})
         self._reconcile_links()
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="nas-watch-reader")
         with _stop_signals(self):
             observer = None if self.opts.once else self._start_observer()
             try:
                 self._loop()
             finally:
+                self.reader.shutdown()
                 if observer is not None:
                     observer.stop()
                     observer.join(timeout=5)
@@ -196,16 +199,28 @@ class Watcher:
         return ready, max(min(waits, default=1.0), 0.01)
 
     def _process(self, ready: list[str]) -> None:
-        """Read ready files (up to about one batch of frames, never splitting a file), classify, record, place."""
+        """Classify ready files a batch at a time; while one batch is classified, the next is read in a
+        second thread (TensorFlow releases the GIL while it computes)."""
+        jobs, files = self._read_batch(ready)
+        while jobs:
+            self._drain(0.0)
+            ahead = self.reader.submit(self._read_batch, self._ready()[0]) if self.stop is None else None
+            self._record(self.clf.run(jobs), files)
+            jobs, files = ahead.result() if ahead is not None else ([], [])
+
+    def _read_batch(self, ready: list[str]) -> tuple[list[Job], list[Path]]:
+        """Read ready files, up to about one batch of frames (never splitting a file), into jobs."""
         jobs: list[Job] = []
         files: list[Path] = []
         frames = 0
         for key in ready:
-            seen = self.seen.pop(key)
+            seen = self.seen.pop(key, None)
             path = Path(key)
             try:
                 st = path.stat()
             except FileNotFoundError:
+                continue
+            if seen is None:
                 continue
             if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):  # still being written: wait again
                 self.seen[key] = _Seen(st.st_size, st.st_mtime_ns, time.monotonic(), False)
@@ -223,8 +238,7 @@ class Watcher:
             frames += sum(j.frame is not None for j in new)
             if frames >= self.clf.batch:
                 break
-        if jobs:
-            self._record(self.clf.run(jobs), files)
+        return jobs, files
 
     def _record(self, rows: list[dict[str, Any]], files: list[Path]) -> None:
         now, wall = time.monotonic(), round(time.time(), 3)

@@ -233,3 +233,46 @@ def test_every_real_instrument_file_is_read_by_nas_predict(exported_run, real_fr
     assert float(pixel["fei_emd_image.emd"]) == pytest.approx(5.30, abs=0.01)  # 0.0053 µm in the file
     assert float(pixel["JEOL HAADF Image.dm4"]) == pytest.approx(1.249, abs=0.001)
     assert pixel["test_ADF_cropped.hdf5"] == ""  # its axes carry no unit: unknown, not guessed
+
+
+def test_a_physical_scale_travels_from_training_to_the_exported_model(tiny_data, tmp_path):
+    """data.pixel_size_nm: the same scene at two magnifications trains and serves as one; pixel sizes land in
+    split.csv and the card; the SavedModel takes each frame's pixel size and agrees with the numpy path."""
+    import keras
+    import tensorflow as tf
+
+    from .conftest import write_experiment
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("*.tif"))
+    rows = list(csv.DictReader(open(tiny_data / "labels.csv")))
+    for i, row in enumerate(rows):  # half the frames at twice the magnification, same field of view
+        img = tifffile.imread(tiny_data / row["path"])
+        img, px = (np.kron(img, np.ones((2, 2), img.dtype)), 0.25) if i % 2 else (img, 0.5)
+        tifffile.imwrite(data / row["path"], img, imagej=True, resolution=(1 / px, 1 / px), metadata={"unit": "nm"})
+    exp = write_experiment(tmp_path / "e.toml", data, data={"path": str(data), "image_size": 32, "seed": 0, "pixel_size_nm": 0.75},
+                           budget={"max_trials": 1, "epochs": 1})
+    assert (res := cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")).code == 0, res.err
+    run = tmp_path / "res" / "tiny" / "r"
+    assert (res := cli("export", run)).code == 0, res.err
+    split = list(csv.DictReader(open(run / "split.csv")))
+    assert {r["pixel_size_nm"] for r in split} == {"0.5", "0.25"}
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    assert card["input"]["pixel_size_nm"] == 0.75 and card["pixel_sizes_nm"]["known"] == len(split)
+
+    frames = [tifffile.imread(data / rows[k]["path"]) for k in (0, 1)]
+    served = tf.saved_model.load(str(run / "export" / "saved_model")).signatures["serving_default"]
+    model = keras.saving.load_model(run / "export" / "model.keras")
+    for frame, px in zip(frames, (0.5, 0.25), strict=True):
+        got = served(frames=tf.constant(frame[None].astype(np.float32)), pixel_size_nm=tf.constant([px], tf.float64))
+        ref = model.predict(normalize_np(frame, 32, (0.5, 99.5), px, 0.75)[None, ..., None], verbose=0)
+        assert float(got["probability"][0]) == pytest.approx(float(ref[0, 0]), abs=1e-5)
+    same = tmp_path / "same"
+    same.mkdir()
+    tifffile.imwrite(same / "low.tif", frames[0], imagej=True, resolution=(2.0, 2.0), metadata={"unit": "nm"})
+    tifffile.imwrite(same / "high.tif", np.kron(frames[0], np.ones((2, 2), frames[0].dtype)), imagej=True,
+                     resolution=(4.0, 4.0), metadata={"unit": "nm"})
+    tifffile.imwrite(same / "plain.tif", frames[0])  # no calibration: refused on its row, the others go on
+    got = {Path(r["path"]).name: r for r in predict_rows(run / "export", same)}
+    assert float(got["low.tif"]["probability"]) == pytest.approx(float(got["high.tif"]["probability"]), abs=1e-4)
+    assert "no pixel size in the file; this model resamples frames to 0.75 nm per pixel" in got["plain.tif"]["error"]
