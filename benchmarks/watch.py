@@ -143,7 +143,7 @@ def memory(export: Path, work: Path, n: int) -> tuple[float, float]:
             tifffile.imwrite(tmp, frames[i % len(frames)])
             os.rename(tmp, inbox / f"m{i:05d}.tif")
             if i % 100 == 0:  # keep the share small: delete frames already decided
-                for name in [k for k in tail.arrived if k not in deleted]:
+                for name in [k for k in list(tail.arrived) if k not in deleted]:
                     (inbox / name).unlink(missing_ok=True)
                     deleted.add(name)
             if i + 1 in (1_000, n):

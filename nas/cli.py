@@ -254,6 +254,38 @@ def cmd_recalibrate(args) -> int:
     return 0
 
 
+def _watch_parsers(sub) -> None:
+    """`nas watch` and `nas recalibrate`: the microscope-side commands."""
+    wa = sub.add_parser("watch", help="classify every frame that lands in a folder, once; decisions.jsonl out")
+    wa.add_argument("export")
+    wa.add_argument("dir", help="the folder frames land in (an acquisition share)")
+    wa.add_argument("--decisions", help="decision log (default DIR/decisions.jsonl); a restart continues it")
+    wa.add_argument("--csv", help="also write the decisions as CSV to this file")
+    wa.add_argument("--accept-dir", help="link (or copy) accepted frame files here for the next stage")
+    wa.add_argument("--reject-dir", help="link (or copy) rejected frame files here")
+    wa.add_argument("--copy", action="store_true", help="copy into --accept-dir/--reject-dir instead of hard-linking")
+    wa.add_argument("--poll", action="store_true", help="poll the folder (network shares, where file events do not arrive)")
+    wa.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    wa.add_argument("--settle", type=float, default=1.0,
+                    help="a file not renamed into place nor closed is complete once its size stops changing this long (default 1 s)")
+    wa.add_argument("--once", action="store_true", help="decide the frames already in the folder, then exit")
+    wa.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
+    wa.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
+    wa.add_argument("--batch", type=int, default=16, help="most frames classified together in a burst (default 16)")
+    wa.add_argument("--quiet", action="store_true", help="no line per decision on standard output")
+    wa.set_defaults(func=cmd_watch)
+
+    rc = sub.add_parser("recalibrate", help="a new threshold for a new session from labelled frames, as a new export")
+    rc.add_argument("export")
+    rc.add_argument("labelled", help="labelled frames of the new session: positive/ and negative/ folders, or labels.csv")
+    rc.add_argument("--out", help="the new export folder (default EXPORT-recalibrated-<time>, beside the old one)")
+    rc.add_argument("--recall-floor", type=float, help="recall to hold (default: the export's)")
+    rc.add_argument("--confidence", type=float,
+                    help="one-sided Wilson confidence for the recall (default: the export's, or 0.9 if it had none)")
+    rc.add_argument("--batch", type=int, default=16)
+    rc.set_defaults(func=cmd_recalibrate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nas", description="Architecture search for HAADF-STEM frame triage: "
                                 "the objective is validation precision at a fixed recall floor.")
@@ -335,34 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
     pr.set_defaults(func=cmd_predict)
 
-    wa = sub.add_parser("watch", help="classify every frame that lands in a folder, once; decisions.jsonl out")
-    wa.add_argument("export")
-    wa.add_argument("dir", help="the folder frames land in (an acquisition share)")
-    wa.add_argument("--decisions", help="decision log (default DIR/decisions.jsonl); a restart continues it")
-    wa.add_argument("--csv", help="also write the decisions as CSV to this file")
-    wa.add_argument("--accept-dir", help="link (or copy) accepted frame files here for the next stage")
-    wa.add_argument("--reject-dir", help="link (or copy) rejected frame files here")
-    wa.add_argument("--copy", action="store_true", help="copy into --accept-dir/--reject-dir instead of hard-linking")
-    wa.add_argument("--poll", action="store_true", help="poll the folder (network shares, where file events do not arrive)")
-    wa.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1)")
-    wa.add_argument("--settle", type=float, default=1.0,
-                    help="a file not renamed into place nor closed is complete once its size stops changing this long (default 1 s)")
-    wa.add_argument("--once", action="store_true", help="decide the frames already in the folder, then exit")
-    wa.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
-    wa.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
-    wa.add_argument("--batch", type=int, default=16, help="most frames classified together in a burst (default 16)")
-    wa.add_argument("--quiet", action="store_true", help="no line per decision on standard output")
-    wa.set_defaults(func=cmd_watch)
-
-    rc = sub.add_parser("recalibrate", help="a new threshold for a new session from labelled frames, as a new export")
-    rc.add_argument("export")
-    rc.add_argument("labelled", help="labelled frames of the new session: positive/ and negative/ folders, or labels.csv")
-    rc.add_argument("--out", help="the new export folder (default EXPORT-recalibrated-<time>, beside the old one)")
-    rc.add_argument("--recall-floor", type=float, help="recall to hold (default: the export's)")
-    rc.add_argument("--confidence", type=float,
-                    help="one-sided Wilson confidence for the recall (default: the export's, or 0.9 if it had none)")
-    rc.add_argument("--batch", type=int, default=16)
-    rc.set_defaults(func=cmd_recalibrate)
+    _watch_parsers(sub)
     return p
 
 
