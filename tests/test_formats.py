@@ -238,8 +238,11 @@ def test_every_real_instrument_file_is_read_by_nas_predict(exported_run, real_fr
 def test_a_physical_scale_travels_from_training_to_the_exported_model(tiny_data, tmp_path):
     """data.pixel_size_nm: the same scene at two magnifications trains and serves as one; pixel sizes land in
     split.csv and the card; the SavedModel takes each frame's pixel size and agrees with the numpy path."""
+    import tomllib
+
     import keras
     import tensorflow as tf
+    import tomli_w
 
     from .conftest import write_experiment
 
@@ -250,8 +253,10 @@ def test_a_physical_scale_travels_from_training_to_the_exported_model(tiny_data,
         img = tifffile.imread(tiny_data / row["path"])
         img, px = (np.kron(img, np.ones((2, 2), img.dtype)), 0.25) if i % 2 else (img, 0.5)
         tifffile.imwrite(data / row["path"], img, imagej=True, resolution=(1 / px, 1 / px), metadata={"unit": "nm"})
-    exp = write_experiment(tmp_path / "e.toml", data, data={"path": str(data), "image_size": 32, "seed": 0, "pixel_size_nm": 0.75},
-                           budget={"max_trials": 1, "epochs": 1})
+    exp = write_experiment(tmp_path / "e.toml", data, budget={"max_trials": 1, "epochs": 1})
+    values = tomllib.loads(exp.read_text())
+    values["data"]["pixel_size_nm"] = 0.75  # a model pixel covers 0.75 nm: 32 px span the 24 nm of every frame
+    exp.write_text(tomli_w.dumps(values))
     assert (res := cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")).code == 0, res.err
     run = tmp_path / "res" / "tiny" / "r"
     assert (res := cli("export", run)).code == 0, res.err
