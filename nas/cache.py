@@ -4,6 +4,7 @@ that trials, resumes and later runs read a row at a time (resident memory does n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from nas.data import Record
+from nas.drift import frame_features
 from nas.errors import NasError
-from nas.frames import read_frame
+from nas.frames import read_frame_and_size
 from nas.preprocess import normalize_np
 
-CACHE_VERSION = 4  # bump when preprocessing arithmetic changes
+CACHE_VERSION = 5  # bump when preprocessing arithmetic changes (5: per-frame pixel size and drift statistics)
 
 
 class FrameStore:
@@ -112,6 +114,7 @@ class CachedData:
     rebuilt: int
     directory: Path
     duplicates: list[tuple[int, int]] = field(default_factory=list)  # (row, earlier row) of equal content
+    meta: list[dict] = field(default_factory=list)  # per row: pixel_size_nm (None: unknown), drift features
 
     @property
     def labels(self) -> np.ndarray:
@@ -124,8 +127,9 @@ def identity(root: Path, rec: Record) -> str:
     return f"{rec.path}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def cache_key(root: Path, size: int, clip: Iterable[float]) -> str:
-    text = json.dumps({"root": str(root.resolve()), "size": size, "clip": list(clip), "v": CACHE_VERSION})
+def cache_key(root: Path, size: int, clip: Iterable[float], signal: str = "", pixel_size_nm: float = 0.0) -> str:
+    text = json.dumps({"root": str(root.resolve()), "size": size, "clip": list(clip), "v": CACHE_VERSION,
+                       "signal": signal, "pixel_size_nm": pixel_size_nm})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -133,13 +137,19 @@ def _digest(frame: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(frame, dtype=np.float32).tobytes()).hexdigest()
 
 
-def _decode(task: tuple[str, int, tuple[float, float]]) -> tuple[np.ndarray | None, str]:
-    """Worker: read, validate and normalize one frame; a bad frame comes back as its error text."""
-    path, size, clip = task
+def _decode(task: tuple[str, int, tuple[float, float], str, float]) -> tuple[np.ndarray | None, str, dict]:
+    """Worker: read, validate and normalize one frame; a bad frame comes back as its error text. Also the
+    frame's pixel size and its drift statistics (from the raw frame; see nas.drift)."""
+    path, size, clip, signal, target = task
     try:
-        return normalize_np(read_frame(path), size, clip), ""
+        frame, pixel = read_frame_and_size(path, signal)
     except NasError as exc:
-        return None, str(exc)
+        return None, str(exc), {}
+    if target and not pixel:
+        return None, (f"{path}: no pixel size in the file; data.pixel_size_nm = {target:g} resamples every frame to "
+                      f"{target:g} nm per model pixel and needs one (set it to 0 to resize whole frames)"), {}
+    meta = {"pixel_size_nm": pixel, "features": frame_features(frame, clip, pixel)}
+    return normalize_np(frame, size, clip, pixel, target), "", meta
 
 
 PARALLEL_MIN = 64  # below this many frames to decode, worker start-up costs more than it saves
@@ -171,6 +181,7 @@ class _OldCache:
     store: FrameStore | None = None
     rows: dict[str, int] = field(default_factory=dict)
     digests: list[str] = field(default_factory=list)
+    meta: list[dict] = field(default_factory=list)
 
     @staticmethod
     def read(directory: Path) -> _OldCache:
@@ -180,32 +191,35 @@ class _OldCache:
         try:
             index = json.loads(index_path.read_text())
             return _OldCache(FrameStore(frames_path), {ident: i for i, ident in enumerate(index["identities"])},
-                             index["digests"])
+                             index["digests"], index["meta"])
         except (ValueError, KeyError, OSError):
             return _OldCache()  # a damaged cache is rebuilt, never trusted
 
 
 def build_cache(records: list[Record], root: str | Path, cache_root: str | Path, size: int, clip: tuple[float, float], *,
-                skip_bad: bool = False, workers: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> CachedData:
+                skip_bad: bool = False, workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+                signal: str = "", pixel_size_nm: float = 0.0) -> CachedData:
     """Decode and normalize every frame once into `cache_root/<key>/frames.npy`, reusing unchanged rows.
 
     A row is reused when the file's path, size and mtime match the cached entry. Rows stream into a new
     file beside the old one (memory does not grow with the number of frames), which is renamed into
-    place at the end, so an interrupted build leaves the old cache intact.
+    place at the end, so an interrupted build leaves the old cache intact. `signal` picks the signal in
+    files holding several; `pixel_size_nm` resamples to a physical scale (see nas.preprocess).
     """
     root = Path(root)
-    directory = Path(cache_root) / cache_key(root, size, clip)
+    directory = Path(cache_root) / cache_key(root, size, clip, signal, pixel_size_nm)
     directory.mkdir(parents=True, exist_ok=True)
     old = _OldCache.read(directory)
     identities = [identity(root, r) for r in records]
     todo = [i for i, ident in enumerate(identities) if ident not in old.rows]
     if not todo and old.store is not None and list(old.rows) == identities:
-        return CachedData(old.store, list(records), [], 0, directory, _duplicates(root, records, old.digests, range(len(records))))
+        return CachedData(old.store, _with_pixel_sizes(records, old.meta), [], 0, directory,
+                          _duplicates(root, records, old.digests, range(len(records))), old.meta)
     workers = workers if workers is not None else max(1, min(os.cpu_count() or 1, 8))
     tmp = directory / f"frames.{os.getpid()}.tmp.npy"
     try:
-        digests, bad = _write_rows(tmp, records, identities, todo, old, root, size, clip, skip_bad, workers, progress)
+        tasks = [(str(root / records[i].path), size, clip, signal, pixel_size_nm) for i in todo]
+        digests, metas, bad = _write_rows(tmp, records, identities, todo, old, tasks, size, skip_bad, workers, progress)
         keep = [i for i in range(len(records)) if i not in bad]
         duplicates = _duplicates(root, records, digests, keep)
         if bad:
@@ -217,30 +231,39 @@ def build_cache(records: list[Record], root: str | Path, cache_root: str | Path,
         raise
     frames_path = directory / "frames.npy"
     os.replace(tmp, frames_path)
+    kept_meta = [metas[i] for i in keep]
     _write_json(directory / "index.json", {"identities": [identities[i] for i in keep], "digests": [digests[i] for i in keep],
-                                           "size": size, "clip": list(clip)})
-    return CachedData(FrameStore(frames_path), [records[i] for i in keep],
-                      [(records[i].path, bad[i]) for i in sorted(bad)], len(todo) - len(bad), directory, duplicates)
+                                           "size": size, "clip": list(clip), "meta": kept_meta})
+    return CachedData(FrameStore(frames_path), _with_pixel_sizes([records[i] for i in keep], kept_meta),
+                      [(records[i].path, bad[i]) for i in sorted(bad)], len(todo) - len(bad), directory, duplicates,
+                      kept_meta)
 
 
-def _write_rows(tmp: Path, records: list[Record], identities: list[str], todo: list[int], old: _OldCache, root: Path,
-                size: int, clip: tuple[float, float], skip_bad: bool, workers: int,
-                progress: Callable[[int, int], None] | None) -> tuple[list[str], dict[int, str]]:
+def _with_pixel_sizes(records: list[Record], meta: list[dict]) -> list[Record]:
+    """Records carrying the pixel size read from their files (so that split.csv can record it)."""
+    return [dataclasses.replace(r, pixel_size_nm=m.get("pixel_size_nm")) for r, m in zip(records, meta, strict=True)]
+
+
+def _write_rows(tmp: Path, records: list[Record], identities: list[str], todo: list[int], old: _OldCache, tasks: list,
+                size: int, skip_bad: bool, workers: int,
+                progress: Callable[[int, int], None] | None) -> tuple[list[str], list[dict], dict[int, str]]:
     """Every row into a new store file, in order: copied from the old cache, or freshly decoded. Returns the
-    rows' content digests and the bad frames (row -> why; raised unless skip_bad)."""
+    rows' content digests, their meta (pixel size, drift features) and the bad frames (row -> why; raised
+    unless skip_bad)."""
     writer = FrameStore.create(tmp, len(records), size)
     digests: list[str] = [""] * len(records)
+    metas: list[dict] = [{}] * len(records)
     bad: dict[int, str] = {}
     done = 0
     try:
-        fresh = iter(zip(todo, _decoded([(str(root / records[i].path), size, clip) for i in todo], workers), strict=True))
+        fresh = iter(zip(todo, _decoded(tasks, workers), strict=True))
         for i in range(len(records)):
             if identities[i] in old.rows:
                 j = old.rows[identities[i]]
                 writer.write(i, old.store[j])
-                digests[i] = old.digests[j]
+                digests[i], metas[i] = old.digests[j], old.meta[j]
                 continue
-            _, (frame, error) = next(fresh)
+            _, (frame, error, metas[i]) = next(fresh)
             done += 1
             if error and not skip_bad:
                 raise NasError(error)
@@ -255,7 +278,7 @@ def _write_rows(tmp: Path, records: list[Record], identities: list[str], todo: l
         writer.close(sync=False)
         raise
     writer.close()
-    return digests, bad
+    return digests, metas, bad
 
 
 def _compact(path: Path, keep: list[int], size: int) -> None:

@@ -142,10 +142,11 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     from nas.predict import predict, write_csv
 
-    rows = predict(args.export, args.paths, threshold=args.threshold, batch=args.batch, progress=progress("classifying"))
+    rows = predict(args.export, args.paths, threshold=args.threshold, batch=args.batch, signal=args.signal,
+                   progress=progress("classifying"))
     counts = write_csv(rows, Path(args.out) if args.out else None, sys.stdout)
-    print(f"{counts['frames']} frames: {counts['positive']} positive, {counts['errors']} unreadable"
-          + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+    print(f"{counts['frames']} frames: {counts['positive']} positive, {counts['errors']} unreadable, "
+          f"{counts['unlike_training']} unlike the training frames" + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
@@ -153,6 +154,70 @@ def _family_names() -> list[str]:
     from nas.synthetic import FAMILIES  # numpy only: cheap next to what every command imports
 
     return list(FAMILIES)
+
+
+def cmd_watch(args) -> int:
+    from nas.watch import WatchOptions, decision_line, watch
+
+    opts = WatchOptions(decisions=Path(args.decisions) if args.decisions else None, csv=Path(args.csv) if args.csv else None,
+                        accept_dir=Path(args.accept_dir) if args.accept_dir else None,
+                        reject_dir=Path(args.reject_dir) if args.reject_dir else None, copy=args.copy, poll=args.poll,
+                        poll_interval=args.poll_interval, settle=args.settle, once=args.once)
+    say = (lambda row: None) if args.quiet else (lambda row: print(decision_line(row), flush=True))
+    if not args.once:
+        print(f"watching {args.dir} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    summary = watch(args.export, args.dir, opts, threshold=args.threshold, signal_name=args.signal, batch=args.batch,
+                    on_row=say, on_note=lambda text: print(f"nas: {text}", file=sys.stderr, flush=True))
+    print(f"{summary['frames']} decisions this session: {summary['positive']} accepted, {summary['errors']} errors, "
+          f"{summary['unlike_training']} unlike the training frames; stopped ({summary['stopped_by']}); "
+          f"log {summary['decisions']}", file=sys.stderr)
+    return 0
+
+
+def cmd_recalibrate(args) -> int:
+    from nas.recalibrate import recalibrate
+
+    folder, r = recalibrate(args.export, args.labelled, out=args.out, recall_floor=args.recall_floor,
+                            confidence=args.confidence, batch=args.batch)
+    old, new = r["previous"], r["new"]
+    print(f"recalibrated on {r['n']} frames ({r['positives']} positive): threshold {old['threshold']:.4g} -> {new['threshold']:.4g}")
+    for name, op in (("previous", old), ("new", new)):
+        print(f"  {name:<8} precision {op['precision']:.3f}, recall {op['recall']:.3f} "
+              f"({r['recall_confidence']:g} Wilson lower bound {op['recall_lower_bound']:.3f})")
+    print(f"new export: {folder}")
+    return 0
+
+
+def _watch_parsers(sub) -> None:
+    """`nas watch` and `nas recalibrate`: the microscope-side commands."""
+    wa = sub.add_parser("watch", help="classify every frame that lands in a folder, once; decisions.jsonl out")
+    wa.add_argument("export")
+    wa.add_argument("dir", help="the folder frames land in (an acquisition share)")
+    wa.add_argument("--decisions", help="decision log (default DIR/decisions.jsonl); a restart continues it")
+    wa.add_argument("--csv", help="also write the decisions as CSV to this file")
+    wa.add_argument("--accept-dir", help="link (or copy) accepted frame files here for the next stage")
+    wa.add_argument("--reject-dir", help="link (or copy) rejected frame files here")
+    wa.add_argument("--copy", action="store_true", help="copy into --accept-dir/--reject-dir instead of hard-linking")
+    wa.add_argument("--poll", action="store_true", help="poll the folder (network shares, where file events do not arrive)")
+    wa.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    wa.add_argument("--settle", type=float, default=1.0,
+                    help="a file not renamed into place nor closed is complete once its size stops changing this long (default 1 s)")
+    wa.add_argument("--once", action="store_true", help="decide the frames already in the folder, then exit")
+    wa.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
+    wa.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
+    wa.add_argument("--batch", type=int, default=16, help="most frames classified together in a burst (default 16)")
+    wa.add_argument("--quiet", action="store_true", help="no line per decision on standard output")
+    wa.set_defaults(func=cmd_watch)
+
+    rc = sub.add_parser("recalibrate", help="a new threshold for a new session from labelled frames, as a new export")
+    rc.add_argument("export")
+    rc.add_argument("labelled", help="labelled frames of the new session: positive/ and negative/ folders, or labels.csv")
+    rc.add_argument("--out", help="the new export folder (default EXPORT-recalibrated-<time>, beside the old one)")
+    rc.add_argument("--recall-floor", type=float, help="recall to hold (default: the export's)")
+    rc.add_argument("--confidence", type=float,
+                    help="one-sided Wilson confidence for the recall (default: the export's, or 0.9 if it had none)")
+    rc.add_argument("--batch", type=int, default=16)
+    rc.set_defaults(func=cmd_recalibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,13 +310,16 @@ def _model_commands(sub) -> None:
     rp.add_argument("--top", type=int, default=5, help="trials in the table and the PR plot (default 5)")
     rp.set_defaults(func=cmd_report)
 
-    pr = sub.add_parser("predict", help="classify TIFF files or folders with an export; CSV out")
+    pr = sub.add_parser("predict", help="classify frame files (any instrument format) or folders with an export; CSV out")
     pr.add_argument("export")
     pr.add_argument("paths", nargs="+")
     pr.add_argument("--out", help="CSV file (default: standard output)")
     pr.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
     pr.add_argument("--batch", type=int, default=16)
+    pr.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
     pr.set_defaults(func=cmd_predict)
+
+    _watch_parsers(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,10 @@ class DataConfig:
     seed: int = key(0, help="seed of the split")
     clip_percentiles: tuple[float, ...] = key((0.5, 99.5), _percentiles, "intensity clip before scaling to [0, 1]")
     skip_bad: bool = key(False, help="skip unreadable or invalid frames (counted in the log) instead of stopping")
+    signal: str = key("", help="name of the signal to classify in files holding several (default: the one named HAADF, "
+                      "else the only image)")
+    pixel_size_nm: float = key(0.0, _nonneg, "resample every frame so a model pixel covers this many nm (0: resize "
+                               "whole frames); frames need a pixel size")
 
 
 @dataclass(frozen=True, kw_only=True)

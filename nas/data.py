@@ -26,6 +26,7 @@ class Record:
     path: str
     label: int
     group: str = ""
+    pixel_size_nm: float | None = None  # from the file, once the cache has read it
 
 
 def _inside(root: Path, candidate: Path) -> bool:

@@ -78,11 +78,12 @@ def _caches(records, root: Path, cache_root: Path, data: DataConfig, sizes: Iter
             progress: Progress | None) -> tuple[cache_mod.CachedData, dict[int, cache_mod.FrameStore]]:
     """One cache per input size (the search may choose the size per trial); every one drops the same bad
     frames, so their rows line up."""
-    clip = tuple(data.clip_percentiles)
-    main = cache_mod.build_cache(records, root, cache_root, data.image_size, clip, skip_bad=data.skip_bad, progress=progress)
+    clip, frame = tuple(data.clip_percentiles), {"signal": data.signal, "pixel_size_nm": data.pixel_size_nm}
+    main = cache_mod.build_cache(records, root, cache_root, data.image_size, clip, skip_bad=data.skip_bad, progress=progress,
+                                 **frame)
     stores = {data.image_size: main.frames}
     for size in sorted(set(sizes) - {data.image_size}):
-        other = cache_mod.build_cache(main.records, root, cache_root, size, clip, skip_bad=data.skip_bad)
+        other = cache_mod.build_cache(main.records, root, cache_root, size, clip, skip_bad=data.skip_bad, **frame)
         stores[size] = other.frames
     return main, stores
 

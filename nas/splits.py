@@ -81,16 +81,17 @@ def make_folds(records: list[Record], splits: list[str], k: int, seed: int) -> l
 def write_split(path: Path, root: Path, records: list[Record], splits: list[str], positive: str, negative: str,
                 folds: list[int] | None = None) -> None:
     """split.csv, written once: each frame's split (and fold) plus its size and mtime, so a resume can tell
-    if it changed."""
+    if it changed, and its pixel size (nm; empty when the file has none)."""
     tmp = path.with_suffix(".csv.tmp")
     folds = folds if folds is not None else [-1] * len(records)
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "split", "group", "fold", "bytes", "mtime_ns"])
+        w.writerow(["path", "label", "split", "group", "fold", "bytes", "mtime_ns", "pixel_size_nm"])
         for r, s, k in zip(records, splits, folds, strict=True):
             st = (root / r.path).stat()
+            pixel = f"{r.pixel_size_nm:.6g}" if r.pixel_size_nm else ""
             w.writerow([r.path, positive if r.label else negative, s, r.group, "" if k < 0 else k, st.st_size,
-                        st.st_mtime_ns])
+                        st.st_mtime_ns, pixel])
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -100,7 +101,8 @@ def read_split(path: Path, positive: str) -> tuple[list[Record], list[str], list
     """Records, splits and folds (-1: none) of a split.csv."""
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    records = [Record(r["path"], int(r["label"] == positive), r["group"]) for r in rows]
+    records = [Record(r["path"], int(r["label"] == positive), r["group"],
+                      float(r["pixel_size_nm"]) if r.get("pixel_size_nm") else None) for r in rows]
     return records, [r["split"] for r in rows], [int(r["fold"]) if r.get("fold") else -1 for r in rows]
 
 

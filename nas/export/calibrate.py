@@ -32,6 +32,7 @@ class Calibration:
     prob: np.ndarray
     groups: np.ndarray
     op: Operating
+    rows: np.ndarray  # cache rows of y and prob, in their order
     drift_from_search: float | None = None  # largest |export - search| probability of a single member
 
 
@@ -55,7 +56,7 @@ def calibrate(opened: OpenRun, members: list[Member], net, fold_models: list[lis
     op = precision_at_recall(frames.labels[rows], prob, objective.recall_floor, objective.recall_confidence, groups=groups)
     if op.reason:
         raise NasError(f"trial {members[0].trial_id}: cannot calibrate a threshold on {split} data: {op.reason}")
-    return Calibration(split, frames.labels[rows], prob, groups, op, _drift(opened, members, prob, frames.cv))
+    return Calibration(split, frames.labels[rows], prob, groups, op, rows, _drift(opened, members, prob, frames.cv))
 
 
 def _drift(opened: OpenRun, members: list[Member], prob: np.ndarray, cv: bool) -> float | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from nas import drift as drift_mod
 from nas.export.calibrate import Calibration
 from nas.export.members import Member
 from nas.prepare import RunFrames
@@ -36,13 +37,16 @@ def write_export(final: Path, opened: OpenRun, members: list[Member], net, size:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        module = serving_module(net, size, clip, cal.op.threshold, tta=opened.exp.augment.tta)
+        module = serving_module(net, size, clip, cal.op.threshold, tta=opened.exp.augment.tta,
+                                pixel_size_nm=opened.exp.data.pixel_size_nm)
         tf.saved_model.save(module, str(tmp / SAVED_MODEL),
                             signatures={"serving_default": module.serve, "serve_uint16": module.serve_uint16})
         net.save(tmp / "model.keras")
         for src in (run.trials_log, run.split, run.experiment, run.space):
             shutil.copy2(src, tmp / src.name)
         card = model_card(opened, members, net, size, cal, results["metrics"], latency=latency, refit=refit)
+        drift_mod.describe_export(card, tmp, frames.cached.meta, _training_rows(frames), cal.rows, cal.prob,
+                                  opened.exp.data.signal, opened.exp.data.pixel_size_nm)
         card["expected_on_test"] = {**results["expected_on_test"], "note": "95% intervals of test precision and recall "
                                     f"at the threshold, predicted from the {cal.split} probabilities before the test split was read"}
         atomic_write_json(tmp / "model_card.json", card)
@@ -94,12 +98,21 @@ def model_card(opened: OpenRun, members: list[Member], net, size: int, cal: Cali
     }
 
 
-def serving_module(model, image_size: int, clip: tuple[float, float], threshold: float, tta: bool = False):
-    """A tf.Module whose signatures take raw frames (B, H, W) as float32 or uint16."""
+def _training_rows(frames: RunFrames):
+    """The frames the exported model learnt from (the drift reference's training distribution)."""
+    return frames.rows("train", "val") if frames.cv else frames.rows("train")
+
+
+def serving_module(model, image_size: int, clip: tuple[float, float], threshold: float, tta: bool = False,
+                   pixel_size_nm: float = 0.0):
+    """A tf.Module whose signatures take raw frames (B, H, W) as float32 or uint16; with a physical scale
+    (data.pixel_size_nm) also each frame's pixel size in nm, `pixel_size_nm` (B,) float64."""
     import tensorflow as tf
 
     from nas.augment import TTA_VIEWS, dihedral_views_tf
     from nas.preprocess import normalize_tf
+
+    sizes = [tf.TensorSpec([None], tf.float64, name="pixel_size_nm")] if pixel_size_nm else []
 
     class Serving(tf.Module):
         def __init__(self):
@@ -107,21 +120,21 @@ def serving_module(model, image_size: int, clip: tuple[float, float], threshold:
             self.model = model
             self.threshold = tf.constant(threshold, tf.float32)
 
-        def _classify(self, frames):
-            x = normalize_tf(frames, image_size, clip)
+        def _classify(self, frames, *pixel):
+            x = normalize_tf(frames, image_size, clip, *(pixel or [None]), pixel_size_nm)
             if tta:  # the mean over the 8 flips and turns, as the threshold was calibrated
                 prob = tf.reduce_mean(tf.reshape(self.model(dihedral_views_tf(x), training=False), [TTA_VIEWS, -1]), axis=0)
             else:
                 prob = tf.reshape(self.model(x, training=False), [-1])
             return {"probability": prob, "decision": prob >= self.threshold}
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="frames")])
-        def serve(self, frames):
-            return self._classify(frames)
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="frames"), *sizes])
+        def serve(self, frames, *pixel):
+            return self._classify(frames, *pixel)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint16, name="frames")])
-        def serve_uint16(self, frames):
-            return self._classify(frames)
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint16, name="frames"), *sizes])
+        def serve_uint16(self, frames, *pixel):
+            return self._classify(frames, *pixel)
 
     return Serving()
 
