@@ -79,3 +79,67 @@ def test_recall_confidence_moves_the_threshold_down_until_the_recall_bound_reach
     plain_few = precision_at_recall(y[:20], prob[:20], 0.9)
     assert few.note.endswith("chosen on val recall itself") and not plain_few.note
     assert (few.precision, few.recall, few.threshold) == (plain_few.precision, plain_few.recall, plain_few.threshold)
+
+
+def _sessions(seed=0, n_sessions=6, per=80, weak=0):
+    """Sessions of frames whose positives score alike, except session `weak`, whose positives score lower."""
+    rng = np.random.default_rng(seed)
+    y, p, g = [], [], []
+    for s in range(n_sessions):
+        labels = rng.random(per) < 0.5
+        shift = 0.25 if s == weak else 0.0
+        scores = np.where(labels, rng.normal(0.75 - shift, 0.08, per), rng.normal(0.3, 0.1, per))
+        y += labels.astype(int).tolist()
+        p += np.clip(scores, 0, 1).tolist()
+        g += [f"s{s}"] * per
+    return np.array(y), np.array(p), np.array(g)
+
+
+def test_session_bound_keeps_recall_on_a_weak_session_where_the_frame_bound_does_not():
+    from nas.objective import session_recall_bound
+
+    y, p, g = _sessions()
+    frame = precision_at_recall(y, p, 0.9, 0.9)
+    session = precision_at_recall(y, p, 0.9, 0.9, groups=g)
+    weak = p[(g == "s0") & (y == 1)]
+    assert np.mean(weak >= frame.threshold) < 0.9  # pooled frames hide the weak session
+    assert np.mean(weak >= session.threshold) >= 0.85  # the session rule keeps it (up to its own sampling)
+    assert session.threshold < frame.threshold and session.precision <= frame.precision
+    bound = session_recall_bound(y, p, g, np.array([session.threshold]), 0.9)
+    assert bound[0] >= 0.9
+    again = precision_at_recall(y, p, 0.9, 0.9, groups=g)
+    assert again == session  # seeded: the same threshold every time
+
+
+def test_session_intervals_are_wider_than_frame_intervals_when_sessions_differ():
+    from nas.objective import expected_on_new_data, objective_interval
+
+    y, p, g = _sessions(weak=2)
+    op = precision_at_recall(y, p, 0.9)
+    frames = objective_interval(y, p, 0.9)
+    sessions = objective_interval(y, p, 0.9, groups=g, threshold=op.threshold)
+    assert sessions[1] - sessions[0] > 0  # resampling whole sessions moves the figure
+    one = expected_on_new_data(y, p, op.threshold, g, sessions=1, frames=80)
+    many = expected_on_new_data(y, p, op.threshold, g, sessions=6, frames=480)
+    width = lambda iv: iv[1] - iv[0]  # noqa: E731
+    assert width(one["recall"]) > width(many["recall"])  # one new session is less predictable than six
+    assert one["recall"][0] < 0.9 <= one["recall"][1]  # a new session can be the weak one
+    assert len(frames) == 2 and frames[0] <= op.precision <= frames[1]
+
+
+def test_too_few_sessions_fall_back_to_the_frame_bound():
+    y, p, g = _sessions(n_sessions=2)
+    assert precision_at_recall(y, p, 0.9, 0.9, groups=g) == precision_at_recall(y, p, 0.9, 0.9)
+
+
+@pytest.mark.parametrize("confidence", [0.0, 0.9])
+def test_resampled_objective_equals_the_exact_rule_resample_by_resample(confidence):
+    from nas.objective import resampled_objective
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(120) < 0.4).astype(int)
+    p = np.round(np.clip(y * 0.3 + rng.normal(0.4, 0.2, 120), 0, 1), 2)  # ties on purpose
+    idx = rng.integers(0, 120, (50, 120))
+    fast = resampled_objective(y, p, 0.9, confidence, idx)
+    slow = [precision_at_recall(y[i], p[i], 0.9, confidence).precision for i in idx]
+    np.testing.assert_allclose(fast, slow, atol=1e-12)

@@ -19,7 +19,7 @@ import numpy as np
 
 from nas import data as data_mod
 from nas import training
-from nas.checkpoint import ResumableEarlyStopping, TrialProgress, load_checkpoint
+from nas.checkpoint import ResumableEarlyStopping, TrialProgress, load_checkpoint, restore
 from nas.config import TrainingConfig
 from nas.models import PR_AUC_METRIC
 from nas.prepare import FoldPlan, RunFrames
@@ -93,10 +93,10 @@ def restore_or_build(job: FoldJob, build: Callable[[int], keras.Model]) -> tuple
     train, and the checkpoint."""
     job.folder.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(job.folder)
-    if ckpt:
-        return keras.saving.load_model(job.folder / ckpt["model"]), ckpt["epoch"], ckpt
     steps = -(-len(job.plan.train_rows) // job.batch_size) * (job.epochs - job.initial_epoch)
     model = build(steps)  # a cosine schedule spans this fold's own epochs, so every Hyperband rung ends at rate 0
+    if ckpt:
+        return restore(model, job.folder, ckpt), ckpt["epoch"], ckpt
     if job.warm_from is not None:
         model.load_weights(job.warm_from)
     return model, job.initial_epoch, None
