@@ -21,7 +21,8 @@ PRIVATE = (
     ("keras_tuner.src.distribute.oracle_chief", "OracleServicer", "serving the oracle to workers"),
     ("keras_tuner.src.protos", "get_service_grpc", "serving the oracle to workers"),
 )
-ORACLE_ATTRIBUTES = ("_retry_queue", "ongoing_trials", "tuner_ids", "trials", "populate_space", "remaining_trials")
+ORACLE_ATTRIBUTES = ("_retry_queue", "ongoing_trials", "tuner_ids", "trials", "populate_space", "remaining_trials",
+                     "_duplicate", "_random_values")
 _state = {"applied": False}
 
 
@@ -65,6 +66,16 @@ def apply() -> None:
 def retry_queue(oracle) -> list[str]:
     """The oracle's queue of trial ids to hand out again (private in KerasTuner)."""
     return oracle._retry_queue
+
+
+def is_duplicate(oracle, values: dict) -> bool:
+    """Whether these values were tried already (KerasTuner's private record of tried values)."""
+    return oracle._duplicate(values)
+
+
+def random_untried(oracle) -> dict | None:
+    """Random values not tried yet (None after KerasTuner's collision limit)."""
+    return oracle._random_values()
 
 
 def oracle_servicer(oracle) -> tuple[Any, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus as KTStatus
 
+from nas import ktadapter
 from nas.automodel import AutoKerasHyperModel
 from nas.config import BudgetConfig, Experiment, SearchConfig
 from nas.errors import NasError
@@ -38,9 +39,9 @@ def make_oracle(search: SearchConfig, budget: BudgetConfig, space: SearchSpace):
     if tuner == "random":
         oracle = warm_started(keras_tuner.oracles.RandomSearchOracle(max_trials=budget.max_trials, **common), space)
     elif tuner == "bayesian":
-        oracle = warm_started(keras_tuner.oracles.BayesianOptimizationOracle(
+        oracle = warm_started(untried(keras_tuner.oracles.BayesianOptimizationOracle(
             max_trials=budget.max_trials, num_initial_points=min(search.bayesian_initial_points, budget.max_trials),
-            **common), space)
+            **common)), space)
     elif tuner == "hyperband":
         # brackets repeat until max_trials caps them, so the budget means the same for every tuner
         oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max(2, budget.epochs), factor=search.hyperband_factor,
@@ -55,6 +56,24 @@ def make_oracle(search: SearchConfig, budget: BudgetConfig, space: SearchSpace):
     else:
         raise NasError(f"search.tuner = {tuner!r}: unknown tuner")
     oracle.verbose = 0
+    return oracle
+
+
+def untried(oracle):
+    """Never propose a configuration already tried. KerasTuner's Bayesian oracle returns the Gaussian
+    process's optimum as it is, and over choice dimensions with near-equal scores (trials raced out on one
+    fold) that optimum repeats: 6 of 12 proposals were repeats in one run here. A repeat becomes a random
+    untried point instead."""
+    propose = oracle.populate_space
+
+    def populate_space(trial_id):
+        proposal = propose(trial_id)
+        if proposal.get("status") == KTStatus.RUNNING and ktadapter.is_duplicate(oracle, proposal["values"]):
+            values = ktadapter.random_untried(oracle)
+            return {"status": KTStatus.RUNNING, "values": values} if values else {"status": KTStatus.STOPPED, "values": None}
+        return proposal
+
+    oracle.populate_space = populate_space
     return oracle
 
 
