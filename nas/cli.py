@@ -203,9 +203,7 @@ def _watch_parsers(sub) -> None:
     wa.add_argument("--settle", type=float, default=1.0,
                     help="a file not renamed into place nor closed is complete once its size stops changing this long (default 1 s)")
     wa.add_argument("--once", action="store_true", help="decide the frames already in the folder, then exit")
-    wa.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
-    wa.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
-    wa.add_argument("--batch", type=int, default=16, help="most frames classified together in a burst (default 16)")
+    _classify_args(wa, "most frames classified together in a burst (default 16)")
     wa.add_argument("--quiet", action="store_true", help="no line per decision on standard output")
     wa.set_defaults(func=cmd_watch)
 
@@ -246,6 +244,13 @@ def _data_commands(sub) -> None:
     d.add_argument("--positive-rate", type=float, metavar="P",
                    help="share of frames drawn positive, on average over sessions (default: the family's)")
     d.set_defaults(func=cmd_demo_data)
+
+
+def _classify_args(sp, batch_help: str) -> None:
+    """What every command that classifies frames with an export takes."""
+    sp.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
+    sp.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
+    sp.add_argument("--batch", type=int, default=16, help=batch_help)
 
 
 def _distributed_args(sp) -> None:
@@ -314,9 +319,7 @@ def _model_commands(sub) -> None:
     pr.add_argument("export")
     pr.add_argument("paths", nargs="+")
     pr.add_argument("--out", help="CSV file (default: standard output)")
-    pr.add_argument("--threshold", type=float, help="decision threshold (default: the exported one)")
-    pr.add_argument("--batch", type=int, default=16)
-    pr.add_argument("--signal", help="signal to classify in files holding several (default: the export's data.signal)")
+    _classify_args(pr, "frames classified together (default 16)")
     pr.set_defaults(func=cmd_predict)
 
     _watch_parsers(sub)

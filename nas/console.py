@@ -79,7 +79,8 @@ class TrialPrinter:
             self.say(f"trial {rec.trial_id}: {rec.reason} ({rec.params} params); not trained")
             return self.advance()
         obj = rec.objective or 0.0
-        self.best = obj if self.best is None else max(self.best, obj)
+        if not rec.raced_out:  # a raced-out trial's estimate comes from fewer frames: it is not "the best so far"
+            self.best = obj if self.best is None else max(self.best, obj)
         lo, hi = rec.objective_ci95 or (obj, obj)
         folds = f", {rec.folds_done}/{rec.folds_total} folds" if rec.folds_total else ""
         note = f"  [{rec.reason}]" if rec.reason else ""

@@ -7,7 +7,6 @@ identical), a new threshold, and a card with both operating points measured on t
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import tomllib
@@ -20,7 +19,7 @@ from nas.classifier import SAVED_MODEL, load_classifier
 from nas.data import scan
 from nas.errors import NasError
 from nas.objective import precision_at_recall, recall_lower_bound
-from nas.runlog import atomic_write_json, atomic_write_text
+from nas.runlog import atomic_folder, atomic_write_json, atomic_write_text
 
 DEFAULT_CONFIDENCE = 0.9  # a few hundred frames: a threshold tuned to exactly the floor misses it half the time
 
@@ -102,10 +101,8 @@ def _write_export(clf, folder: Path, record: dict[str, Any]) -> None:
     """Everything of the old export, a SavedModel with the new threshold, and the card; renamed into place whole."""
     import tensorflow as tf
 
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(clf.export, tmp, ignore=shutil.ignore_patterns(SAVED_MODEL))
-    try:
+    with atomic_folder(folder, seed_from=clf.export) as tmp:
+        shutil.rmtree(tmp / SAVED_MODEL, ignore_errors=True)  # replaced by one serving the new threshold
         module = _rethresholded(clf.loaded, record["new"]["threshold"], bool(clf.target_nm))
         tf.saved_model.save(module, str(tmp / SAVED_MODEL),
                             signatures={"serving_default": module.serve, "serve_uint16": module.serve_uint16})
@@ -115,10 +112,6 @@ def _write_export(clf, folder: Path, record: dict[str, Any]) -> None:
         atomic_write_json(tmp / "model_card.json", card)
         md = (clf.export / "MODEL_CARD.md").read_text() if (clf.export / "MODEL_CARD.md").is_file() else ""
         atomic_write_text(tmp / "MODEL_CARD.md", md + _markdown(record))
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _rethresholded(base, threshold: float, physical: bool):

@@ -33,6 +33,33 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+@contextmanager
+def atomic_folder(final: Path, seed_from: Path | None = None) -> Iterator[Path]:
+    """A folder written whole or not at all: yields a temporary folder beside `final` (a copy of `seed_from`,
+    if given) and renames it into place when the block ends, replacing any old `final`; on an error it is
+    removed and `final` stays as it was."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if seed_from is not None:
+        shutil.copytree(seed_from, tmp)
+    else:
+        tmp.mkdir()
+    try:
+        yield tmp
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

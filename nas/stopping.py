@@ -20,16 +20,8 @@ def request(by: str) -> None:
 
 
 @contextmanager
-def graceful_stop() -> Iterator[None]:
-    """Install the handlers for the duration of a search (main thread only), then restore the old ones."""
-    _requested["by"] = None
-
-    def handler(signum, frame):
-        name = signal.Signals(signum).name
-        if _requested["by"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
-        _requested["by"] = name
-
+def handling(handler) -> Iterator[None]:
+    """Install `handler` for SIGINT and SIGTERM for the block (main thread only), then restore the old ones."""
     old = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -41,4 +33,21 @@ def graceful_stop() -> Iterator[None]:
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+@contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Install the handlers for the duration of a search (main thread only), then restore the old ones."""
+    _requested["by"] = None
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if _requested["by"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        _requested["by"] = name
+
+    try:
+        with handling(handler):
+            yield
+    finally:
         _requested["by"] = None

@@ -16,12 +16,12 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nas import decisions as decisions_mod
+from nas import stopping
 from nas.classifier import Classifier, Job, read_or_error
 from nas.drift import SessionMonitor
 from nas.errors import NasError
@@ -293,23 +293,12 @@ class _Handler:
             self.events.put((Path(event.src_path), kind, now))
 
 
-@contextmanager
 def _stop_signals(watcher: Watcher):
     """SIGINT and SIGTERM ask the loop to stop after the batch in hand (main thread only)."""
     def handler(signum, frame):
         watcher.stop = signal.Signals(signum).name
 
-    old = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
+    return stopping.handling(handler)
 
 
 def decision_line(row: dict[str, Any]) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from nas.export.members import Member
 from nas.prepare import RunFrames
 from nas.reopen import OpenRun
 from nas.report import write_export_report
-from nas.runlog import atomic_write_json, atomic_write_text, read_trials
+from nas.runlog import atomic_folder, atomic_write_json, atomic_write_text, read_trials
 
 SAVED_MODEL = "saved_model"
 PACKAGES = ("stem-nas", "tensorflow", "keras", "keras-tuner", "autokeras", "numpy", "scikit-learn", "tifffile")
@@ -32,11 +31,7 @@ def write_export(final: Path, opened: OpenRun, members: list[Member], net, size:
     import tensorflow as tf
 
     run, clip = opened.run, tuple(opened.exp.data.clip_percentiles)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(final) as tmp:
         module = serving_module(net, size, clip, cal.op.threshold, tta=opened.exp.augment.tta,
                                 pixel_size_nm=opened.exp.data.pixel_size_nm)
         tf.saved_model.save(module, str(tmp / SAVED_MODEL),
@@ -56,14 +51,6 @@ def write_export(final: Path, opened: OpenRun, members: list[Member], net, size:
         # the report's one input from export: the test split as scored above (saved for `nas report`)
         write_export_report(tmp, net, frames.stores[size], results["test_rows"], results["y_test"], results["p_test"],
                             cal.op.threshold, [frames.cached.records[i].path for i in results["test_rows"]], run=run.path)
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -8,8 +8,6 @@ hand, and `make_report` (`nas report RUN`), which redraws the same report from t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from nas.report.gallery import (
 )
 from nas.report.search_section import search_blocks
 from nas.report.test_section import test_blocks
-from nas.runlog import RunDir
+from nas.runlog import RunDir, atomic_folder
 
 EXPORT_REPORT = "report"  # the report's folder inside an export
 CARD = "model_card.json"
@@ -100,22 +98,10 @@ def _write(run: RunDir, export: Path | None, final: Path, top: int) -> Path:
     title, blocks = _blocks(run, export, top)
     markdown, files = to_markdown(title, blocks)
     page = to_html(title, blocks)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with atomic_folder(final) as tmp:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
         (tmp / "report.md").write_text(markdown)
         (tmp / "report.html").write_text(page)
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final / "report.html"

@@ -63,6 +63,9 @@ FAMILIES: dict[str, Family] = {
                contamination=(("specks", 0.6), ("deposit", 0.2), ("residue", 0.2)),
                focus_limit=Span(1.6, 2.0), drift_limit=Span(3.0, 4.0), cut_limit=Span(0.02, 0.04),
                borderline=Span(0.25, 0.4)),
+        Family("clear", "the demo's data: base chips with a higher dose (0.3-0.8) and few frames near the "
+               "labelling limits (5% instead of 30%): clear cases that a model learns in minutes, to show the "
+               "workflow, not to measure models", dose=Span(0.3, 0.8), borderline=Span(0.05, 0.05)),
     )
 }
 
