@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 ## the main job: demo data -> search -> leaderboard -> export of the best model with its report (its last
 ## lines say what was found and where the model card and report.html are)
 demo: $(STAMP)
-	@test -f $(DEMO_DATA)/labels.csv || $(BIN)/nas demo-data $(DEMO_DATA) --n 600 --size 96 --seed 0
+	@test -f $(DEMO_DATA)/labels.csv || $(BIN)/nas demo-data $(DEMO_DATA) --family clear --n 900 --size 64 --seed 0
 	$(BIN)/nas search experiments/demo.toml --run-id $(RUN_ID)
 	$(BIN)/nas leaderboard results/demo/$(RUN_ID) --top 10
 	$(BIN)/nas export results/demo/$(RUN_ID)

@@ -70,6 +70,11 @@ class RunFrames:
         """The rows whose probabilities score a trial, in the order trials store them (fold by fold)."""
         return np.concatenate([p.val_rows for p in self.plans()])
 
+    def test_shape(self) -> tuple[int, int]:
+        """How many sessions and frames the test split holds: what a trial's interval is sized for."""
+        rows = self.rows("test")
+        return len(set(self.groups[rows].tolist()) - {""}), len(rows)
+
     def balance(self) -> dict[str, dict[str, int]]:
         return splits_mod.balance(self.labels, self.splits)
 

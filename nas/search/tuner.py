@@ -227,7 +227,7 @@ class NasTuner(BaseTuner):
             fold_mod.save_array(self.run.trial_dir(plan.trial_id) / "oof_probs.npy", prob)
         with clock.phase("objective"):
             s = score(self.frames.labels[rows], prob, self.exp.objective, seed=int(plan.trial_id), params=params,
-                      latency_ms=latency, groups=self.frames.groups[rows])
+                      latency_ms=latency, groups=self.frames.groups[rows], new_split=self.frames.test_shape())
         with clock.phase("tensorboard"):
             write_hparams(self.run.path / "tensorboard" / plan.trial_id, plan, s.objective, s.tie_break, params, latency)
         first = outcomes[0]
