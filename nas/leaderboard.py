@@ -83,12 +83,10 @@ def _cell(value: Any) -> str:
 
 def _uninformative(column: str, rows: list[dict[str, Any]]) -> bool:
     """Columns a person reading the table learns nothing from (CSV and JSON keep them all)."""
-    if column == "reason":
-        return not any(r.get("reason") for r in rows)
+    if not any(r.get(column) not in (None, "") for r in rows):
+        return True  # empty everywhere: val_loss under cross-validation, reason when nothing went wrong
     if column == "feasible":
         return all(r.get("feasible", True) for r in rows)
-    if column == "folds":
-        return not any(r.get("folds") for r in rows)
     if column == "split":
         return len({r.get(column) for r in rows}) <= 1
     if column == "tie_break":
