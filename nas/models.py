@@ -13,9 +13,24 @@ PRECISION_METRIC = "prec_at_rec"  # a name of our own: KerasTuner cannot rebuild
 PR_AUC_METRIC = "pr_auc"
 
 
-def _norm(x, kind: str):
+# Keras's default: each step's batch statistics weigh 1% in the running mean and variance used at inference.
+BN_MOMENTUM = 0.99
+
+
+def bn_momentum(steps: int) -> float:
+    """Batch-norm momentum for a fit of `steps` steps: Keras's 0.99 when the fit is long enough to forget the
+    running statistics' start (mean 0, variance 1), a faster average when it is not. Why: after n steps the start
+    still weighs momentum**n, and conv activations of [0, 1] frames have variances near 1e-3, so at 0.99 a fit of
+    a few hundred steps serves with the start's variance. Measured on the demo's 675 frames (336 steps, 16
+    epochs): val PR-AUC 0.52 at 0.99 (chance), 0.92 at 0.97. Here the start weighs at most e**-10 at the end."""
+    if steps <= 0:
+        return BN_MOMENTUM
+    return min(BN_MOMENTUM, max(0.5, 1.0 - 10.0 / steps))
+
+
+def _norm(x, kind: str, momentum: float = BN_MOMENTUM):
     if kind == "batch":
-        return keras.layers.BatchNormalization()(x)
+        return keras.layers.BatchNormalization(momentum=momentum)(x)
     if kind == "layer":
         return keras.layers.LayerNormalization()(x)
     return x
@@ -28,37 +43,38 @@ def _pool(x, kind: str):
     return layer(2)(x)
 
 
-def _block(x, v: dict[str, Any], filters: int):
+def _block(x, v: dict[str, Any], filters: int, momentum: float):
     kind, k, act, norm = v["blocks.type"], v["blocks.kernel_size"], v["blocks.activation"], v["blocks.normalization"]
     if kind == "separable":
         y = keras.layers.SeparableConv2D(filters, k, padding="same", use_bias=norm == "none")(x)
-        y = keras.layers.Activation(act)(_norm(y, norm))
+        y = keras.layers.Activation(act)(_norm(y, norm, momentum))
     elif kind == "residual":
         y = keras.layers.Conv2D(filters, k, padding="same", use_bias=norm == "none")(x)
-        y = keras.layers.Activation(act)(_norm(y, norm))
+        y = keras.layers.Activation(act)(_norm(y, norm, momentum))
         y = keras.layers.Conv2D(filters, k, padding="same", use_bias=norm == "none")(y)
-        y = _norm(y, norm)
+        y = _norm(y, norm, momentum)
         shortcut = x if x.shape[-1] == filters else keras.layers.Conv2D(filters, 1, padding="same")(x)
         y = keras.layers.Activation(act)(keras.layers.Add()([y, shortcut]))
     else:
         y = keras.layers.Conv2D(filters, k, padding="same", use_bias=norm == "none")(x)
-        y = keras.layers.Activation(act)(_norm(y, norm))
+        y = keras.layers.Activation(act)(_norm(y, norm, momentum))
     y = _pool(y, v["blocks.pooling"])
     if v["blocks.dropout"] > 0:
         y = keras.layers.SpatialDropout2D(v["blocks.dropout"])(y)
     return y
 
 
-def build_network(v: dict[str, Any], image_size: int) -> keras.Model:
-    """The uncompiled network: (size, size, 1) frames in [0, 1] -> probability of 'positive'."""
+def build_network(v: dict[str, Any], image_size: int, momentum: float = BN_MOMENTUM) -> keras.Model:
+    """The uncompiled network: (size, size, 1) frames in [0, 1] -> probability of 'positive'; `momentum` is
+    batch norm's (see bn_momentum)."""
     inputs = keras.Input((image_size, image_size, 1), name="frame")
     x = inputs
     if v["stem.filters"] > 0:
         x = keras.layers.Conv2D(v["stem.filters"], v["stem.kernel_size"], strides=v["stem.strides"], padding="same")(x)
-        x = keras.layers.Activation(v["blocks.activation"])(_norm(x, v["blocks.normalization"]))
+        x = keras.layers.Activation(v["blocks.activation"])(_norm(x, v["blocks.normalization"], momentum))
     for i in range(v["blocks.count"]):
         filters = max(1, int(round(v["blocks.filters"] * v["blocks.growth"] ** i)))
-        x = _block(x, v, filters)
+        x = _block(x, v, filters, momentum)
     pooling = v["head.pooling"]
     if pooling == "flatten":
         x = keras.layers.Flatten()(x)
@@ -103,7 +119,9 @@ def compile_model(model: keras.Model, v: dict[str, Any], recall_floor: float, de
 
 
 def build_model(v: dict[str, Any], image_size: int, recall_floor: float, decay_steps: int = 0) -> keras.Model:
-    return compile_model(build_network(v, image_size), v, recall_floor, decay_steps)
+    """Built for a fit of `decay_steps` steps: the cosine schedule spans them and batch norm's running
+    statistics settle within them."""
+    return compile_model(build_network(v, image_size, bn_momentum(decay_steps)), v, recall_floor, decay_steps)
 
 
 class SpaceHyperModel(keras_tuner.HyperModel):
