@@ -137,7 +137,7 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 
 def table(results: dict[str, dict], held_out: set[str], slack: float) -> str:
-    lines = ["| family | role | positive | trials | val estimate [95% CI] | test precision | test recall | "
+    lines = ["| family | role | positive | trials | search estimate [predicted test 95% CI] | test precision | test recall | "
              f"test weighted F1 | test PR-AUC | honest | recall >= floor - {slack:g} |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
@@ -210,7 +210,7 @@ def main() -> None:
         results[name] = run_family(name, args, folder)
         kept.write_text(json.dumps(results[name], indent=1))
     print(f"\n{args.experiment.name}, {args.budget_min:g} minutes a family, {args.n} frames of {args.size} px; "
-          "test figures at the val threshold\n")
+          "test figures at the exported threshold (chosen on validation or out-of-fold data)\n")
     print(table(results, args.held_out, args.slack))
     groups = {"all": results, "development": {k: v for k, v in results.items() if k not in args.held_out},
               "held_out": {k: v for k, v in results.items() if k in args.held_out}}

@@ -10,7 +10,7 @@
 2. Resident memory over 50 tiny trials, in one process and with workers recycled every 10 trials (and on
    memory growth, search.recycle_memory_mb).
 3. bf16: one epoch of the recommended shape under float32 and under mixed_bfloat16, same model and frames.
-Usage: python benchmarks/overhead.py [--repeats 2] [--trials 50] [--quick]
+Usage: python benchmarks/overhead.py [--repeats 2] [--trials 50] [--quick] [--memory-only]
 """
 
 from __future__ import annotations
@@ -129,7 +129,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="a smaller 'recommended' trial (8 epochs), for a smoke run")
+    ap.add_argument("--memory-only", action="store_true", help="only part 2, resident memory over --trials trials")
     args = ap.parse_args()
+    if args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(memory_report(*memory_over_trials(Path(tmp), args.trials))))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         nas("demo-data", tmp / "data", "--n", 600, "--size", 96, "--seed", 3)
@@ -137,28 +142,43 @@ def main() -> None:
         nas("demo-data", tmp / "big", "--n", 2000, "--size", 96, "--seed", 3)
         rec = trial_against_bare(tmp, "rec", tmp / "big", RECOMMENDED_SPACE, 8 if args.quick else 40, args.repeats)
         f32, bf16, speedup = bf16_speedup()
-        nas("demo-data", tmp / "tiny", "--n", 60, "--size", 48, "--seed", 3, "--groups", 5)
-        small = REPO / "search_spaces" / "small_cnn.yaml"
-        many = bench_experiment(tmp / "many.toml", tmp / "tiny", small, max_trials=args.trials, epochs=1)
-        inproc = rss_over_trials(many, tmp / "results", "inproc")
-        recycled_exp = bench_experiment(tmp / "rec.toml", tmp / "tiny", small, max_trials=args.trials, epochs=1, recycle=10)
-        recycled = rss_over_trials(recycled_exp, tmp / "results", "recycled")
-    growth_in = inproc[-1] - inproc[0]
-    growth_rec = max(recycled) - recycled[0]
+        inproc, recycled = memory_over_trials(tmp, args.trials)
     for name, r in (("tiny: 5 epochs, 420 frames", tiny), ("recommended shape: 40 epochs, 1,400 frames", rec)):
         print(f"one trial ({name}, 64 px): nas {min(r['ours']):.2f} s vs bare model.fit {min(r['bare']):.2f} s -> "
               f"{r['ratio']:.3f}x (all runs: nas {', '.join(f'{x:.2f}' for x in r['ours'])}; bare "
               f"{', '.join(f'{x:.2f}' for x in r['bare'])})")
         print(f"  where the trial's time went: {share(r['timing'])}")
     print(f"one epoch of the recommended shape, 1,400 frames: float32 {f32:.2f} s, mixed_bfloat16 {bf16:.2f} s -> {speedup:.2f}x")
-    print(f"RSS over {args.trials} tiny trials, one process: {inproc[0]:.0f} -> {inproc[-1]:.0f} MB (+{growth_in:.0f} MB, "
-          f"{growth_in / max(1, len(inproc) - 1):.1f} MB a trial)")
-    print(f"RSS over {args.trials} tiny trials, workers recycled every 10 or at +64 MB: {recycled[0]:.0f} -> max "
-          f"{max(recycled):.0f} MB (+{growth_rec:.0f} MB)")
+    memory = memory_report(inproc, recycled)
     print(json.dumps({"trial_vs_bare_fit": round(tiny["ratio"], 3), "trial_vs_bare_fit_recommended": round(rec["ratio"], 3),
-                      "rss_growth_mb_50_trials": round(growth_rec, 1), "bf16_epoch_speedup": round(speedup, 3),
-                      "rss_growth_mb_50_trials_one_process": round(growth_in, 1),
-                      "timing_recommended": rec["timing"], "timing_tiny": tiny["timing"]}))
+                      "rss_growth_mb_50_trials": memory.pop("rss_growth_mb_50_trials"), "bf16_epoch_speedup": round(speedup, 3),
+                      **memory, "timing_recommended": rec["timing"], "timing_tiny": tiny["timing"]}))
+
+
+def memory_over_trials(tmp: Path, trials: int) -> tuple[list[float], list[float]]:
+    """Each tiny trial's resident memory at its end: all in one process, and in workers recycled every 10 trials
+    (or at search.recycle_memory_mb's default growth)."""
+    nas("demo-data", tmp / "tiny", "--n", 60, "--size", 48, "--seed", 3, "--groups", 5)
+    small = REPO / "search_spaces" / "small_cnn.yaml"
+    many = bench_experiment(tmp / "many.toml", tmp / "tiny", small, max_trials=trials, epochs=1)
+    inproc = rss_over_trials(many, tmp / "results", "inproc")
+    recycled_exp = bench_experiment(tmp / "rec.toml", tmp / "tiny", small, max_trials=trials, epochs=1, recycle=10)
+    return inproc, rss_over_trials(recycled_exp, tmp / "results", "recycled")
+
+
+def memory_report(inproc: list[float], recycled: list[float]) -> dict:
+    """Growth as the issue measures it (the highest trial against the first) and as a trend (the highest of the
+    last 10 trials against the highest of the first 10): with recycled workers the first is set by the largest
+    architectures' footprint, the second by what accumulates."""
+    growth_in, growth_rec = inproc[-1] - inproc[0], max(recycled) - recycled[0]
+    trend = max(recycled[-10:]) - max(recycled[:10])
+    print(f"RSS over {len(inproc)} tiny trials, one process: {inproc[0]:.0f} -> {inproc[-1]:.0f} MB (+{growth_in:.0f} MB, "
+          f"{growth_in / max(1, len(inproc) - 1):.1f} MB a trial)")
+    print(f"RSS over {len(recycled)} tiny trials, workers recycled every 10 or at +64 MB: {recycled[0]:.0f} -> max "
+          f"{max(recycled):.0f} MB (+{growth_rec:.0f} MB); highest of the last 10 trials vs of the first 10: {trend:+.0f} MB")
+    print("  each trial's RSS (MB), recycled: " + " ".join(f"{x:.0f}" for x in recycled))
+    return {"rss_growth_mb_50_trials": round(growth_rec, 1), "rss_trend_mb_last10_vs_first10": round(trend, 1),
+            "rss_growth_mb_50_trials_one_process": round(growth_in, 1)}
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def test_kill_9_mid_search_then_resume_finishes_every_trial_exactly_once(tmp_pat
     res = cli("resume", run)
     assert res.code == 0, res.err
     done = finished(run)
-    assert len(done) == 3 > before
+    assert len(done) == 3 > before, (res.out, res.err, (run / "trials.jsonl").read_text()[-3000:])
     assert sorted(e["trial_id"] for e in done) == ["0", "1", "2"]
     assert cli("leaderboard", run, "--format", "json").code == 0
 

@@ -113,7 +113,9 @@ def test_watch_decides_every_good_frame_exactly_once_through_a_kill_and_matches_
     assert preds.code == 0, preds.err
     expected = {r["path"]: float(r["probability"]) for r in csv.DictReader(preds.out.splitlines())}
     for row in decided:
-        assert row["probability"] == expected[row["path"]], row["path"]  # the same computation, bit for bit
+        # the same computation; watch batches frames as they arrive and predict all at once, and oneDNN's
+        # reductions round differently with the batch size (seen: 0.49932018 vs 0.49932021), so float32 rounding
+        assert row["probability"] == pytest.approx(expected[row["path"]], abs=1e-6), row["path"]
         assert row["decision"] == int(row["probability"] >= row["threshold"]) and len(row["model_id"]) == 16
         placed = accept if row["decision"] == 1 else reject
         assert (placed / Path(row["path"]).name).is_file() and not ((accept / reject.name).exists())
