@@ -80,7 +80,7 @@ def requeue_trial_of(oracle, tuner_id: str) -> str | None:
 @synchronized
 def requeue_stale(oracle) -> list[str]:
     """On a chief's restart, trials left running by workers of an earlier session go back to the queue."""
-    ids = [trial.trial_id for trial in oracle.ongoing_trials.values()]
+    ids = [trial.trial_id for trial in oracle.ongoing_trials.values()] + ktadapter.orphaned_trials(oracle)
     queue = ktadapter.retry_queue(oracle)
     queue.extend(i for i in ids if i not in queue)
     oracle.ongoing_trials.clear()

@@ -68,6 +68,14 @@ def retry_queue(oracle) -> list[str]:
     return oracle._retry_queue
 
 
+def orphaned_trials(oracle) -> list[str]:
+    """Trials the oracle counts as running that no tuner holds and no queue will hand out: KerasTuner writes a
+    new trial's file before the oracle's state, so a kill between the two leaves a RUNNING trial that counts
+    against max_trials and is never run (seen as a resume that ended one trial short after kill -9)."""
+    held = {trial.trial_id for trial in oracle.ongoing_trials.values()} | set(oracle._retry_queue)
+    return [tid for tid, trial in oracle.trials.items() if trial.status == "RUNNING" and tid not in held]
+
+
 def is_duplicate(oracle, values: dict) -> bool:
     """Whether these values were tried already (KerasTuner's private record of tried values)."""
     return oracle._duplicate(values)

@@ -92,3 +92,16 @@ def test_kerastuner_internals_statuses_and_events_live_in_one_module_each():
                 spelled.add(Path(path).name)
     assert private == {"ktadapter.py"}
     assert spelled == {"trial.py"}
+
+
+def test_a_trial_file_written_without_the_oracle_state_is_found_and_run_again():
+    """KerasTuner saves a new trial's file before the oracle's state: a kill between the two leaves a RUNNING
+    trial no tuner holds, counted against max_trials and never run. Resume (and a chief's restart) re-queue it."""
+    from types import SimpleNamespace
+
+    def trial(tid, status):
+        return SimpleNamespace(trial_id=tid, status=status)
+
+    trials = {"0": trial("0", "COMPLETED"), "1": trial("1", "RUNNING"), "2": trial("2", "RUNNING"), "3": trial("3", "RUNNING")}
+    oracle = SimpleNamespace(trials=trials, ongoing_trials={"tuner0": trials["1"]}, _retry_queue=["3"])
+    assert ktadapter.orphaned_trials(oracle) == ["2"]

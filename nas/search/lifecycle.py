@@ -143,6 +143,9 @@ def _search(opened: OpenRun, *, resume: bool, session: Session) -> RunDir:
 
         return serve_as_chief(lambda: _tuner(opened, frames, log, deadline), session.chief, session.workers, resume)
     tuner = _tuner(opened, frames, log, deadline, stop_after=session.worker_trials)
+    if resume and (orphans := ktadapter.orphaned_trials(tuner.oracle)):
+        ktadapter.retry_queue(tuner.oracle).extend(orphans)  # run them; they count against max_trials already
+        tuner.oracle.save()
     return _loop(tuner, log, run, exp)
 
 
