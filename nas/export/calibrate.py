@@ -98,8 +98,8 @@ def evaluate(net, frames: RunFrames, size: int, cal: Calibration, floor: float, 
     once), with bootstrap intervals; also the test probabilities for the plots."""
     test_rows = frames.rows("test")
     # what the calibration data expects of a split like the test one, stated before the test split is read
-    expected = expected_on_new_data(cal.y, cal.prob, cal.op.threshold, cal.groups,
-                                    sessions=len(set(frames.groups[test_rows]) - {""}), frames=len(test_rows), seed=seed)
+    sessions, n_test = frames.test_shape()
+    expected = expected_on_new_data(cal.y, cal.prob, cal.op.threshold, cal.groups, sessions=sessions, frames=n_test, seed=seed)
     p_test = training.predict_rows(net, frames.stores[size], test_rows, tta=tta)  # the one and only read of the test split
     y_test = frames.labels[test_rows]
     out = {}
