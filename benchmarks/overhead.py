@@ -51,10 +51,9 @@ def nas_trial(exp: Path, results: Path, run_id: str):
 
 def bare_fit_seconds(run: Path, epochs: int, batch: int = 32) -> float:
     """The same architecture and frames, fitted the plain way: model.fit on arrays in memory, nothing else."""
-    import keras
 
     from nas.cache import FrameStore
-    from nas.models import build_model
+    from nas.models import build_model, fresh_session
     from nas.space import load_space
     from nas.splits import read_split
     from nas.training import steps_per_epoch
@@ -68,7 +67,7 @@ def bare_fit_seconds(run: Path, epochs: int, batch: int = 32) -> float:
     space = load_space(run / "search_space.yaml")
     values = {k: d.constant for k, d in space.dimensions.items()}
     t0 = time.perf_counter()
-    keras.backend.clear_session()
+    fresh_session()
     model = build_model(values, 64, 0.9, steps_per_epoch(int(tr.sum()), batch) * epochs)
     model.fit(frames[tr], labels[tr], validation_data=(frames[va], labels[va]), epochs=epochs, batch_size=batch, verbose=0)
     return time.perf_counter() - t0
@@ -97,7 +96,7 @@ def bf16_speedup(frames: int = 1400, repeats: int = 2) -> tuple[float, float, fl
     """Seconds of one epoch (train_on_batch, batch 32) of the recommended shape in float32 and in bf16."""
     import keras
 
-    from nas.models import build_model
+    from nas.models import build_model, fresh_session
     from nas.space import parse_space
 
     values = {k: d.constant for k, d in parse_space(RECOMMENDED_SPACE).dimensions.items()}
@@ -107,7 +106,7 @@ def bf16_speedup(frames: int = 1400, repeats: int = 2) -> tuple[float, float, fl
     best = {"float32": np.inf, "mixed_bfloat16": np.inf}
     for _ in range(repeats):
         for policy in best:
-            keras.backend.clear_session()
+            fresh_session()
             keras.mixed_precision.set_global_policy(policy)
             model = build_model(values, 64, 0.9)
             model.train_on_batch(x[:32], y[:32])

@@ -97,13 +97,18 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
 
 
 def epoch_batches(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *,
-                  epoch: int, shuffle: bool, seed: int = 0, augment: dict | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  epoch: int, shuffle: bool, seed: int = 0, augment: dict | None = None,
+                  full: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch's batches (B, S, S, 1), (B, 1), one batch in memory at a time. The order and augmentation
-    are a function of (seed, epoch) alone, so a resumed trial continues the sequence where it stopped."""
+    are a function of (seed, epoch) alone, so a resumed trial continues the sequence where it stopped.
+    With full, a short last batch is topped up with the epoch's first frames (as tf.data's repeat-then-batch
+    would), so training steps all have one shape (nas.training's note: a new shape is a new trace)."""
     order = np.asarray(rows).copy()
     if shuffle:
         np.random.default_rng([seed, epoch]).shuffle(order)
         epoch += 1
+    if full and len(order) > batch_size and len(order) % batch_size:
+        order = np.concatenate([order, order[: batch_size - len(order) % batch_size]])
     rng = np.random.default_rng([seed, epoch, 7])
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]

@@ -40,7 +40,7 @@ def epoch_seconds(policy: str, image_size: int = 64, steps: int = 12, batch: int
     import keras
     import numpy as np
 
-    from nas.models import build_model
+    from nas.models import build_model, fresh_session
 
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
@@ -61,7 +61,7 @@ def epoch_seconds(policy: str, image_size: int = 64, steps: int = 12, batch: int
         return (time.perf_counter() - t0) / steps
     finally:
         keras.mixed_precision.set_global_policy(previous)
-        keras.backend.clear_session()
+        fresh_session()
 
 
 def choose(setting: str, folder: Path | None = None, image_size: int = 64) -> dict:

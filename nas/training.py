@@ -3,11 +3,18 @@
 Why not model.fit: on a 2-core CPU, fit over a tf.data pipeline ran 6-10 s an epoch where the same steps
 fed from numpy by train_on_batch ran 2.9 s (benchmarks/overhead.py measures it). tf.data's background
 threads compete with the training threads for the two cores; this loop feeds batches synchronously.
+
+Why every call has one shape: Keras traces a step function per input shape it meets, and fed from numpy a
+short last batch is a new shape. Measured on the overhead benchmark's tiny model: the first training step
+(the trace) 1.65 s, a later step 17 ms, the first step of a 4-frame last batch 0.85 s more; a 26-frame last
+validation batch 0.44 s more. So training batches are all full (nas.data.epoch_batches tops the last one up)
+and validation predicts in padded chunks of one size, the size every later prediction of the model uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -18,6 +25,16 @@ from nas.stopwatch import Stopwatch
 
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]  # epoch -> that epoch's batches
 REFIT_TRIAL = 99_991  # the seed slot of a refit on train+val, apart from every searched trial's
+PREDICT_BATCH = 128  # frames (or frames x views) per prediction call: every call of a model has this shape
+
+
+@dataclass(frozen=True)
+class ValFrames:
+    """The frames validated after each epoch: rows of a frame store and their labels."""
+
+    frames: Any  # FrameStore or array (N, S, S)
+    rows: np.ndarray
+    labels: np.ndarray  # of those rows, 0/1
 
 
 def trial_seed(search_seed: int, trial_id: str | int, fold: int = 0) -> int:
@@ -30,7 +47,7 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     return -(-n_rows // batch_size)
 
 
-def fit_epochs(model: keras.Model, train: Batches, val: Batches | None, *, epochs: int, initial_epoch: int = 0,
+def fit_epochs(model: keras.Model, train: Batches, val: ValFrames | None, *, epochs: int, initial_epoch: int = 0,
                class_weight: dict[int, float] | None = None, callbacks: list[keras.callbacks.Callback] = (),
                clock: Stopwatch | None = None) -> dict[str, list[float]]:
     """Train from initial_epoch to epochs, validating after each (unless val is None); returns the history
@@ -55,7 +72,7 @@ def fit_epochs(model: keras.Model, train: Batches, val: Batches | None, *, epoch
             logs = {k: float(v) for k, v in logs.items()}
         if val is not None:
             with clock.phase("validate"):
-                logs.update(_validate(model, val(epoch), cbs))
+                logs.update(_validate(model, val, cbs))
         model.reset_metrics()
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
@@ -66,30 +83,36 @@ def fit_epochs(model: keras.Model, train: Batches, val: Batches | None, *, epoch
     return history
 
 
-def _validate(model: keras.Model, batches: Iterable, cbs: keras.callbacks.CallbackList) -> dict[str, float]:
-    model.reset_metrics()
+def _validate(model: keras.Model, val: ValFrames, cbs: keras.callbacks.CallbackList) -> dict[str, float]:
+    """The val_* logs test_on_batch would give (the compiled loss and metrics over every val frame), computed
+    from one prediction pass in the shape of every other one (see the module note)."""
     cbs.on_test_begin()
-    val_logs: dict[str, Any] = {}
-    for step, (x, y) in enumerate(batches):
-        cbs.on_test_batch_begin(step)
-        val_logs = model.test_on_batch(x, y, return_dict=True)
-        cbs.on_test_batch_end(step, val_logs)
-    val_logs = {f"val_{k}": float(v) for k, v in val_logs.items()}
+    model.reset_metrics()
+    y = np.asarray(val.labels, np.float32)[:, None]
+    prob = predict_rows(model, val.frames, val.rows)[:, None]
+    logs = {k: float(v) for k, v in model.compute_metrics(None, y, prob).items()}
+    logs["loss"] = float(model.compute_loss(None, y, prob, training=False))
+    val_logs = {f"val_{k}": v for k, v in logs.items()}
     cbs.on_test_end(val_logs)
     return val_logs
 
 
-def predict_rows(model: keras.Model, frames, rows: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
-    """Probabilities for rows of a frame store, fed synchronously like training (see the module note);
-    with tta, the mean over each frame's 8 flips and turns."""
+def predict_rows(model: keras.Model, frames, rows: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Probabilities for rows of a frame store, fed synchronously like training, in calls of PREDICT_BATCH
+    (a short last chunk is padded with its own first frame and the padding's outputs dropped: inference is per
+    frame); with tta, the mean over each frame's 8 flips and turns."""
     rows = np.asarray(rows)
-    step = batch_size // TTA_VIEWS if tta else batch_size
+    step = PREDICT_BATCH // TTA_VIEWS if tta else PREDICT_BATCH
     out = []
     for i in range(0, len(rows), step):
-        x = frames[rows[i : i + step]][..., None]
+        chunk = rows[i : i + step]
+        n = len(chunk)
+        if len(rows) > step and n < step:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], step - n)])
+        x = frames[chunk][..., None]
         if tta:
             prob = np.asarray(model.predict_on_batch(dihedral_views(x))).reshape(TTA_VIEWS, -1).mean(axis=0)
         else:
             prob = np.asarray(model.predict_on_batch(x)).reshape(-1)
-        out.append(prob)
+        out.append(prob[:n])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

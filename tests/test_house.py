@@ -21,8 +21,10 @@ GOLDEN = REPO / "tests" / "golden"
 def test_fixed_seed_search_gives_the_recorded_leaderboard(tmp_path, tiny_data, tuner):
     """tests/golden/ was written by the search driver before it became the nas/search package (and passed
     unchanged through that refactor): the same experiment must propose the same hyperparameters, train the
-    same models and rank them the same way. Re-recorded once on purpose, when batch norm's momentum began to
-    follow the fit's length (nas.models.bn_momentum): only the batch-norm trial's figures moved."""
+    same models and rank them the same way. Re-recorded on purpose twice: when batch norm's momentum began to
+    follow the fit's length (nas.models.bn_momentum; only the batch-norm trial's figures moved), and when the
+    last training batch of an epoch began to be topped up to a full batch (nas.data.epoch_batches(full=True);
+    the same hyperparameters were proposed, the models' figures moved)."""
     exp = write_experiment(tmp_path / "e.toml", tiny_data, search={"tuner": tuner, "bayesian_initial_points": 2},
                            budget={"max_trials": 3, "epochs": 2})
     assert cli("search", exp, "--results", tmp_path / "res", "--run-id", tuner).code == 0

@@ -74,11 +74,13 @@ def refit(opened: OpenRun, member: Member, frames: RunFrames, size: int):
     model and what the card says about it."""
     import keras
 
+    from nas.models import fresh_session
+
     exp, rec = opened.exp, member.record
     epochs = int(rec.best_epoch or rec.epochs_run or exp.budget.epochs)
     rows = frames.rows("train", "val")
     store, labels, batch = frames.stores[size], frames.labels, exp.search.batch_size
-    keras.backend.clear_session()
+    fresh_session()
     seed = training.trial_seed(exp.search.seed, training.REFIT_TRIAL)
     keras.utils.set_random_seed(seed)
     model = architecture(opened, rec, size, compiled=True, frames=store[rows[:256]][..., None],
@@ -86,7 +88,7 @@ def refit(opened: OpenRun, member: Member, frames: RunFrames, size: int):
     augment = {**dataclasses.asdict(exp.augment), **{k[8:]: v for k, v in rec.hyperparameters.items() if k.startswith("augment.")}}
     weights = data_mod.class_weights(labels[rows]) if exp.training.class_weight == "auto" else None
     training.fit_epochs(model, lambda e: data_mod.epoch_batches(store, labels, rows, batch, epoch=e, shuffle=True,
-                                                                seed=seed, augment=augment),
+                                                                seed=seed, augment=augment, full=True),
                         None, epochs=epochs, class_weight=weights)
     return model, {"on": "train+val", "epochs": epochs, "frames": int(len(rows)),
                    "note": "threshold chosen before refit, on the searched model's validation probabilities"}

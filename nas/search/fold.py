@@ -123,12 +123,10 @@ def train(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: 
 
     def batches(epoch: int):
         return data_mod.epoch_batches(frames, labels, plan.train_rows, job.batch_size, epoch=epoch, shuffle=True,
-                                      seed=job.seed, augment=job.augment)
+                                      seed=job.seed, augment=job.augment, full=True)
 
-    def val(epoch: int):
-        return data_mod.epoch_batches(frames, labels, plan.val_rows, job.batch_size, epoch=0, shuffle=False)
-
-    history = training.fit_epochs(model, batches, val if job.select_best_epoch else None, epochs=job.epochs,
+    val = training.ValFrames(frames, plan.val_rows, labels[plan.val_rows]) if job.select_best_epoch else None
+    history = training.fit_epochs(model, batches, val, epochs=job.epochs,
                          initial_epoch=start, class_weight=weights, callbacks=callbacks, clock=clock)
     losses = history.get("loss", [])
     if any(not math.isfinite(v) for v in losses):

@@ -26,7 +26,7 @@ from nas.automodel import AutoKerasHyperModel, adapt_preprocessing
 from nas.checkpoint import clear_checkpoint, load_checkpoint
 from nas.config import Experiment
 from nas.latency import current_rss_mb, latency_once_ms
-from nas.models import build_model
+from nas.models import build_model, fresh_session
 from nas.prepare import FoldPlan, RunFrames
 from nas.runlog import EventLog, RunDir
 from nas.search import fold as fold_mod
@@ -111,7 +111,7 @@ class NasTuner(BaseTuner):
     def plan(self, trial) -> TrialPlan:
         """Seed the trial, resolve its values, and read what the oracle asks of it."""
         hp, tid = trial.hyperparameters, trial.trial_id
-        keras.backend.clear_session()  # Keras 3 keeps the dtype policy in the state this clears: set it again
+        fresh_session()  # Keras 3 keeps the dtype policy in the state this clears: set it again
         keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(trial_seed(self.exp.search.seed, tid))
         values = self.hypermodel.space.resolve(hp)
