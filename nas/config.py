@@ -117,7 +117,7 @@ class SearchConfig:
                             "mirrored: each trial on all local GPUs with tf.distribute.MirroredStrategy")
     recycle_every: int = key(0, _nonneg, "run trials in worker processes replaced every K trials; 0: in this process")
     recycle_memory_mb: float = key(64.0, _nonneg, "with recycle_every: a worker also hands over once its resident memory "
-                                   "grew this much since its first trial (TensorFlow keeps 10-20 MB per trained model); 0: off")
+                                   "grew this much since its first trial (a process keeps the memory high-water mark of the largest models it trained; a fresh one returns it); 0: off")
     hyperband_factor: int = key(3, _at_least(2))
     bayesian_initial_points: int = key(2, _positive)
     precision: str = key("float32", _one_of(PRECISIONS), "arithmetic of training: float32, mixed_bfloat16, or auto "

@@ -43,7 +43,23 @@ def fresh_session() -> None:
         for name in [n for n in registry if str(n).startswith("CustomGradient-")]:
             del registry[name]
     keras.backend.clear_session()  # collects the graphs freed above
+    _freeze_once()
     _malloc_trim()
+
+
+_frozen = False
+
+
+def _freeze_once() -> None:
+    """After the first full collection, move every object alive then (TensorFlow's and Keras's modules, ~380k
+    objects) out of the collector's sight: later collections scan only what trials made. A full collection
+    took 0.18 s with them in sight, a tenth of a second-scale trial's fixed cost."""
+    global _frozen
+    if not _frozen:
+        import gc
+
+        gc.freeze()
+        _frozen = True
 
 
 def _malloc_trim() -> None:

@@ -1,5 +1,6 @@
-"""Worker processes for long searches: TensorFlow leaks ~10 MB per fit that clear_session does not give
-back, so with `search.recycle_every = K` the search runs in child processes that each run K trials and
+"""Worker processes for long searches: a process keeps the memory high-water mark of the largest models it
+trained (and ~0.5 MB a model, once nas.models.fresh_session released what TensorFlow's gradient registry
+held), so with `search.recycle_every = K` the search runs in child processes that each run K trials and
 exit; the next child resumes the run. The supervisor imports no TensorFlow and holds the run's lock.
 """
 

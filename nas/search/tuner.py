@@ -89,12 +89,13 @@ class NasTuner(BaseTuner):
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         clock = Stopwatch()
         clock.add("oracle_wait", time.perf_counter() - self.ended_at)  # proposing, and KerasTuner's own state
-        plan = self.plan(trial)
+        t0 = time.perf_counter()
+        with clock.phase("reset"):
+            plan = self.plan(trial)
         logged = self.log.trials().get(plan.trial_id)  # other workers write this log too
         if logged is not None and logged.status is TrialStatus.FINISHED:
             return {"score": oracle_score(logged)}  # a kill between our log line and KerasTuner's state file
         self.announce(plan, logged)
-        t0 = time.perf_counter()
         try:
             record = self.train_and_score(plan, logged, clock)
         except Interrupt as exc:
@@ -105,6 +106,8 @@ class NasTuner(BaseTuner):
             reason = f"{type(exc).__name__}: {exc}".strip()[:2000]
             self.log.emit(Event.TRIAL_FAILED, trial_id=plan.trial_id, reason=reason, seconds=round(time.perf_counter() - t0, 3))
             raise keras_tuner.errors.FailedTrialError(reason) from exc
+        with clock.phase("reset"):
+            fresh_session()  # the trial's model is gone: release it now, so rss_mb is what the process keeps
         self.record(record, time.perf_counter() - t0, clock)
         return {"score": oracle_score(record)}
 
