@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from common import REPO, nas
@@ -87,8 +88,13 @@ def judge(fig: dict, slack: float) -> dict:
 def settings(args, name: str) -> dict:
     """What a kept result must match to be reused."""
     return {"family": name, "seed": family_seed(name, args.seed), "n": args.n, "size": args.size,
-            "experiment": str(args.experiment), "experiment_sha256": hashlib.sha256(args.experiment.read_bytes()).hexdigest(),
+            "experiment": str(args.experiment), "experiment_sha256": experiment_digest(args.experiment),
             "budget_s": args.budget_min * 60, "set": list(args.set or [])}
+
+
+def experiment_digest(path: Path) -> str:
+    """What the experiment file says, not how: a comment edit must not throw away hours of kept results."""
+    return hashlib.sha256(json.dumps(tomllib.loads(path.read_text()), sort_keys=True).encode()).hexdigest()
 
 
 def family_seed(name: str, base: int) -> int:
@@ -102,10 +108,10 @@ def positive_share(data: Path) -> float:
 
 def run_family(name: str, args, folder: Path) -> dict:
     """Data, search, export, figures for one family; a failure is recorded with its reason, not raised."""
-    data, results = folder / "data", folder / "results"
+    data, results, kept = folder / "data", folder / "results.partial", folder / "results"
     if not (data / "labels.csv").is_file():
         nas("demo-data", data, "--n", args.n, "--size", args.size, "--seed", family_seed(name, args.seed), "--family", name)
-    shutil.rmtree(results, ignore_errors=True)
+    shutil.rmtree(results, ignore_errors=True)  # a kept result's run stays in place until this one is exported
     cmd = [sys.executable, "-m", "nas"]
     sets = [x for kv in (args.set or []) for x in ("--set", kv)]
     t0 = time.time()
@@ -116,7 +122,9 @@ def run_family(name: str, args, folder: Path) -> dict:
         if '"trial_finished"' not in (run / "trials.jsonl").read_text():
             raise RuntimeError("no trial finished within the budget; give it more time (--budget-min)")
         _call([*cmd, "export", str(run)])
-        fig = judge(read_card(run), args.slack)
+        shutil.rmtree(kept, ignore_errors=True)
+        results.rename(kept)
+        fig = judge(read_card(next(kept.glob("*/run"))), args.slack)
     except (RuntimeError, StopIteration) as exc:
         fig = {"error": str(exc) or "the search wrote no run folder"}
     return {**fig, "positive_share": round(positive_share(data), 4), "wall_s": round(time.time() - t0, 1),

@@ -37,6 +37,16 @@ def test_generalization_reads_the_card_and_judges_honesty(exported_run):
     assert outside["honest"] is False and outside["recall_ok"] is False
 
 
+def test_generalization_keeps_results_through_a_comment_edit_but_not_a_setting_change(tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text('[budget]\nepochs = 40   # per fold\n')
+    digest = generalization.experiment_digest(exp)
+    exp.write_text('# a new comment\n[budget]\nepochs = 40   # per fold, the cosine schedule spans them\n')
+    assert generalization.experiment_digest(exp) == digest
+    exp.write_text('[budget]\nepochs = 30\n')
+    assert generalization.experiment_digest(exp) != digest
+
+
 def test_anchor_frames_from_any_labelled_folder_keep_groups_apart(tmp_path, tiny_data):
     """labels.csv with groups: a grouped split, frames normalized to the anchors' size, reused when unchanged."""
     from nas.config import load_experiment
