@@ -52,7 +52,6 @@ def nas_trial(exp: Path, results: Path, run_id: str):
 
 def bare_fit_seconds(run: Path, epochs: int, batch: int = 32) -> float:
     """The same architecture and frames, fitted the plain way: model.fit on arrays in memory, nothing else."""
-
     from nas.cache import FrameStore
     from nas.models import build_model, fresh_session
     from nas.space import load_space

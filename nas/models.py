@@ -34,7 +34,7 @@ def fresh_session() -> None:
     whose closure holds the step's whole graph (tensorflow#97697, fixed upstream in tensorflow#109334 after
     our 2.21; tf-keras#898 purges them the same way). Found with gc.get_referrers: 3 FuncGraphs and ~30k
     objects stayed per trained model, ~24 MB of resident memory; purged, the objects stay flat and RSS grows
-    ~5 MB a model (20 models of search_spaces/small_cnn.yaml). Only call between models: an entry is read
+    ~0.4 MB a model of one architecture (12 models). Only call between models: an entry is read
     while its step is traced, never afterwards. malloc_trim hands the freed pages back to the system."""
     from tensorflow.python.framework import ops
 

@@ -30,16 +30,13 @@ def small_model(size: int = 32) -> keras.Model:
 
 @pytest.mark.parametrize("n, batch", [(42, 16), (48, 16), (10, 16)])
 def test_training_batches_are_full_and_cover_every_frame(n, batch):
-    frames, labels = np.zeros((60, 8, 8), np.float32), np.arange(60) % 2
-    rows = np.arange(5, 5 + n)
+    frames = np.broadcast_to(np.arange(60, dtype=np.float32)[:, None, None], (60, 8, 8))  # each frame holds its row
+    labels, rows = np.arange(60) % 2, np.arange(5, 5 + n)
     for epoch in range(3):
-        got = [y for _, y in data_mod.epoch_batches(frames + np.arange(60)[:, None, None], labels, rows, batch,
-                                                    epoch=epoch, shuffle=True, seed=1, full=True)]
-        seen = [np.asarray(x) for x, _ in data_mod.epoch_batches(frames + np.arange(60)[:, None, None], labels, rows,
-                                                                  batch, epoch=epoch, shuffle=True, seed=1, full=True)]
-        sizes = {len(y) for y in got}
+        batches = list(data_mod.epoch_batches(frames, labels, rows, batch, epoch=epoch, shuffle=True, seed=1, full=True))
+        sizes = {len(y) for _, y in batches}
         assert sizes == ({n} if n < batch else {batch}), sizes
-        ids = np.concatenate([x[:, 0, 0, 0] for x in seen]).astype(int)
+        ids = np.concatenate([x[:, 0, 0, 0] for x, _ in batches]).astype(int)
         assert set(ids) == set(rows)  # every frame, every epoch
         assert len(ids) == (n if n < batch else -(-n // batch) * batch)  # the top-up repeats only what is missing
 

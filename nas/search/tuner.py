@@ -106,15 +106,18 @@ class NasTuner(BaseTuner):
             reason = f"{type(exc).__name__}: {exc}".strip()[:2000]
             self.log.emit(Event.TRIAL_FAILED, trial_id=plan.trial_id, reason=reason, seconds=round(time.perf_counter() - t0, 3))
             raise keras_tuner.errors.FailedTrialError(reason) from exc
-        with clock.phase("reset"):
-            fresh_session()  # the trial's model is gone: release it now, so rss_mb is what the process keeps
+        finally:
+            with clock.phase("reset"):
+                fresh_session()  # however the trial ended, its model is gone: release it (rss_mb is what stays)
         self.record(record, time.perf_counter() - t0, clock)
         return {"score": oracle_score(record)}
 
     def plan(self, trial) -> TrialPlan:
         """Seed the trial, resolve its values, and read what the oracle asks of it."""
         hp, tid = trial.hyperparameters, trial.trial_id
-        fresh_session()  # Keras 3 keeps the dtype policy in the state this clears: set it again
+        # Keras's global state only; the previous trial's graphs were released when it ended (run_trial).
+        # Keras 3 keeps the dtype policy in the state this clears: set it again.
+        keras.backend.clear_session(free_memory=False)
         keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(trial_seed(self.exp.search.seed, tid))
         values = self.hypermodel.space.resolve(hp)
