@@ -7,6 +7,7 @@ from typing import Any
 import keras
 import keras_tuner
 
+from nas.errors import NasError
 from nas.space import SearchSpace
 
 PRECISION_METRIC = "prec_at_rec"  # a name of our own: KerasTuner cannot rebuild the default one (STACK.md)
@@ -107,11 +108,27 @@ def _block(x, v: dict[str, Any], filters: int, momentum: float):
     return y
 
 
+def _space_to_depth(x, k: int):
+    """(S, S, 1) -> (S/k, S/k, k*k): every pixel kept, the network's cost that of an S/k px input. Resizing
+    to S/k instead averages away the finest detail, and with it what tells a sharp particle from a slightly
+    defocused or smeared one (whose limits are 1-4 px of a 128 px frame). Reshape and Permute layers, so the
+    model serializes and exports like any other."""
+    if k <= 1:
+        return x
+    s = x.shape[1]
+    if s % k:
+        raise NasError(f"stem.space_to_depth {k}: the input size {s} px is not a multiple of {k}; choose sizes "
+                       f"divisible by it")
+    x = keras.layers.Reshape((s // k, k, s // k, k), name="fold_rows")(x)
+    x = keras.layers.Permute((1, 3, 2, 4), name="fold_blocks")(x)
+    return keras.layers.Reshape((s // k, s // k, k * k), name="space_to_depth")(x)
+
+
 def build_network(v: dict[str, Any], image_size: int, momentum: float = BN_MOMENTUM) -> keras.Model:
     """The uncompiled network: (size, size, 1) frames in [0, 1] -> probability of 'positive'; `momentum` is
     batch norm's (see bn_momentum)."""
     inputs = keras.Input((image_size, image_size, 1), name="frame")
-    x = inputs
+    x = _space_to_depth(inputs, v.get("stem.space_to_depth", 1))
     if v["stem.filters"] > 0:
         x = keras.layers.Conv2D(v["stem.filters"], v["stem.kernel_size"], strides=v["stem.strides"], padding="same")(x)
         x = keras.layers.Activation(v["blocks.activation"])(_norm(x, v["blocks.normalization"], momentum))

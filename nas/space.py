@@ -43,6 +43,9 @@ SPACE_SCHEMA: dict[str, dict[str, Param]] = {
         "filters": Param(int, 0, low=0, high=512),  # 0: no stem
         "kernel_size": Param(int, 3, low=1, high=9),
         "strides": Param(int, 1, low=1, high=4),
+        # fold each k x k block of pixels into k*k channels before the first layer: a 128 px frame enters a
+        # 64 px network with every pixel kept (blur and smear live in the finest pixels; see models.py)
+        "space_to_depth": Param(int, 1, low=1, high=4),
     },
     "blocks": {
         "type": Param(str, "conv", options=BLOCK_TYPES),

@@ -89,3 +89,19 @@ def test_cosine_schedule_decays_the_rate_to_zero_over_the_trial():
     assert float(schedule(0)) == pytest.approx(values["optimizer.learning_rate"])
     assert float(schedule(50)) == pytest.approx(values["optimizer.learning_rate"] / 2, rel=1e-3)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_space_to_depth_folds_every_pixel_into_channels_and_names_a_bad_size():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    hp = keras_tuner.HyperParameters()
+    values = {**load_space(REPO / "search_spaces" / "small_cnn.yaml").resolve(hp), "stem.space_to_depth": 2}
+    model = build_model(values, 32, 0.9)
+    folded = keras.Model(model.input, model.get_layer("space_to_depth").output)
+    x = np.random.default_rng(0).random((3, 32, 32, 1)).astype(np.float32)
+    assert folded.output_shape == (None, 16, 16, 4)
+    np.testing.assert_array_equal(folded.predict_on_batch(x), tf.nn.space_to_depth(x, 2).numpy())
+    with pytest.raises(NasError, match="stem.space_to_depth 3: the input size 32 px is not a multiple of 3"):
+        build_model({**values, "stem.space_to_depth": 3}, 32, 0.9)

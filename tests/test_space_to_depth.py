@@ -1,0 +1,46 @@
+"""A space that folds pixels into channels (stem.space_to_depth) searches, exports and serves raw frames."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO, cli, write_experiment
+from .test_export import CLEAN_SERVE
+
+
+def test_search_export_and_serve_with_space_to_depth(tmp_path, tiny_data):
+    space = tmp_path / "folded.yaml"
+    text = (REPO / "search_spaces" / "small_cnn.yaml").read_text()
+    space.write_text(text.replace("stem:\n", "stem:\n  space_to_depth: 2\n", 1))
+    exp = write_experiment(tmp_path / "folded.toml", tiny_data, search={"space": str(space)},
+                           budget={"max_trials": 1, "epochs": 1})
+    res = cli("search", exp, "--results", tmp_path / "results", "--run-id", "r1")
+    assert res.code == 0, res.err
+    run = tmp_path / "results" / "tiny" / "r1"
+    assert cli("export", run).code == 0
+    import keras
+
+    exported = keras.saving.load_model(run / "export" / "model.keras", compile=False)
+    names = [layer.name for layer in _layers(exported)]
+    assert "space_to_depth" in names, names
+    frames = sorted((tiny_data / "positive").glob("*.tif"))[:2] + sorted((tiny_data / "negative").glob("*.tif"))[:2]
+    out_csv = tmp_path / "preds.csv"
+    assert cli("predict", run / "export", *frames, "--out", out_csv).code == 0
+    import csv
+
+    rows = {r["path"]: float(r["probability"]) for r in csv.DictReader(open(out_csv))}
+    clean = subprocess.run([sys.executable, "-c", CLEAN_SERVE, str(run / "export" / "saved_model"), *map(str, frames)],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    served = json.loads(clean.stdout.strip().splitlines()[-1])
+    assert served.keys() == rows.keys()
+    for path, prob in served.items():
+        assert rows[path] == pytest.approx(prob, abs=1e-5)
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
