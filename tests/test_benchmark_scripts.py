@@ -1,5 +1,6 @@
 """The parts of benchmarks/anchors.py and benchmarks/generalization.py that read data and model cards, on
-tiny data and the shared exported run (the searches themselves are measured by the lead, not here)."""
+tiny data and the shared exported run (the searches themselves are measured by the lead, not here), and
+benchmarks/detail.py end to end on a tiny cross-validated run."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from .conftest import REPO, write_experiment
+from .conftest import REPO, cli, write_experiment
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import anchors  # noqa: E402
+import detail  # noqa: E402
 import generalization  # noqa: E402
 
 
@@ -87,3 +89,22 @@ def test_generalization_refuses_unknown_families(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["generalization.py", "--families", "base", "--held-out", "rare"])
     with pytest.raises(SystemExit, match="--held-out: rare not among --families"):
         generalization.parse_args()
+
+
+def test_detail_trains_both_inputs_on_every_fold_and_reports_their_difference(tmp_path, easy_data, monkeypatch, capsys):
+    space = tmp_path / "w.yaml"
+    space.write_text("name: w\nblocks:\n  count: {int: [1, 2]}\n  filters: 4\nwarm_start:\n  - {blocks.count: 1}\n")
+    exp = write_experiment(tmp_path / "e.toml", easy_data, search={"space": str(space)},
+                           objective={"recall_floor": 0.9, "folds": 3, "racing": False}, budget={"max_trials": 1, "epochs": 1})
+    assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "r").code == 0
+    monkeypatch.setattr(sys, "argv", ["detail.py", "--run", str(tmp_path / "res" / "tiny" / "r"), "--size", "16"])
+    detail.main()
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["fold"], r["variant"], r["read_px"]) for r in out["rows"]] == [
+        (k, name, px) for k in range(3) for name, px in (("resized", 16), ("folded", 32))]
+    assert out["epochs"] == 1
+    resized, folded = out["rows"][0], out["rows"][1]
+    assert folded["params"] - resized["params"] == 3 * 9 * 4  # the first conv sees 4 channels instead of 1
+    for r in out["rows"]:
+        assert 0 <= r["pr_auc"] <= 1 and 0 <= r["precision_at_floor"] <= 1 and r["seconds"] > 0
+    assert out["folded_minus_resized"]["pr_auc"] == pytest.approx(out["folded"]["pr_auc"] - out["resized"]["pr_auc"], abs=2e-4)

@@ -167,3 +167,28 @@ def test_bfloat16_training_exports_a_float32_model_whose_probabilities_match(tmp
 
     model = keras.saving.load_model(run / "export" / "model.keras")
     assert {layer.dtype_policy.name for layer in model.layers[1].layers} == {"float32"}
+
+
+def test_thresholds_benchmark_rescores_an_export_as_export_scored_it(cv_run, tmp_path, monkeypatch, capsys):
+    """benchmarks/thresholds.py: the plain rule reproduces the card's threshold (this run has no
+    recall_confidence) and its test figures; every rule is reported, the JSON last."""
+    import shutil
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import thresholds
+
+    run = tmp_path / "run"
+    shutil.copytree(cv_run, run, ignore=shutil.ignore_patterns("export"))
+    assert cli("export", run).code == 0
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    monkeypatch.setattr(sys, "argv", ["thresholds.py", "--rules", "plain,sessions:0.9", str(run)])
+    thresholds.main()
+    out = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(out[-1])[str(run)]
+    plain = res["rules"]["plain"]
+    assert plain["threshold"] == pytest.approx(card["threshold"])
+    assert plain["test_precision"] == pytest.approx(card["metrics"]["test"]["precision"])
+    assert plain["test_recall"] == pytest.approx(card["metrics"]["test"]["recall"])
+    assert set(res["rules"]) == {"plain", "sessions:0.9"} and out[0] == "| run | plain | sessions:0.9 |"
+    with pytest.raises(SystemExit, match="sessions:C"):
+        thresholds.rescore(run, ["sessions"])
