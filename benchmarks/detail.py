@@ -15,6 +15,7 @@ per variant the means, and the folded variant's differences and time ratio again
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -88,7 +89,8 @@ def _train_and_score(frames, plan, values: dict, read: int, exp, epochs: int, se
     steps = training.steps_per_epoch(len(plan.train_rows), batch) * epochs
     model = models.build_model(values, read, exp.objective.recall_floor, steps)
     store, labels = frames.stores[read], frames.labels
-    augment = {k: getattr(exp.augment, k) for k in ("flips", "rot90", "shift", "intensity", "noise", "blur", "scale")}
+    # as a trial builds it (nas.search.tuner): the experiment's [augment], overridden by the space's augment.* keys
+    augment = dataclasses.asdict(exp.augment) | {k[8:]: v for k, v in values.items() if k.startswith("augment.")}
     weights = data_mod.class_weights(labels[plan.train_rows]) if exp.training.class_weight == "auto" else None
 
     def batches(epoch: int):
