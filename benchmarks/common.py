@@ -57,3 +57,46 @@ def small_run(work: Path, *, n: int = 120, size: int = 64, image_size: int = 32,
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def warm_start_values(space) -> dict:
+    """The space's first warm-start configuration, resolved (keys it leaves out take their defaults)."""
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    space.resolve(hp)
+    hp.values.update(space.warm_start[0])
+    return space.resolve(hp)
+
+
+def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: int) -> dict:
+    """One network trained on a fold's training frames as a trial trains it (the experiment's [augment] with the
+    space's augment.* overrides, class weights, batch size, the cosine schedule over `epochs`) and its
+    probabilities on the fold's held-out frames: {"prob", "seconds", "params"}."""
+    import dataclasses
+    import time
+
+    import keras
+
+    from nas import data as data_mod
+    from nas import models, training
+
+    models.fresh_session()
+    keras.utils.set_random_seed(seed)
+    batch = exp.search.batch_size
+    steps = training.steps_per_epoch(len(plan.train_rows), batch) * epochs
+    model = models.build_model(values, read, exp.objective.recall_floor, steps)
+    store, labels = frames.stores[read], frames.labels
+    # as a trial builds it (nas.search.tuner): the experiment's [augment], overridden by the space's augment.* keys
+    augment = dataclasses.asdict(exp.augment) | {k[8:]: v for k, v in values.items() if k.startswith("augment.")}
+    weights = data_mod.class_weights(labels[plan.train_rows]) if exp.training.class_weight == "auto" else None
+
+    def batches(epoch: int):
+        return data_mod.epoch_batches(store, labels, plan.train_rows, batch, epoch=epoch, shuffle=True, seed=seed,
+                                      augment=augment, full=True)
+
+    start = time.perf_counter()
+    training.fit_epochs(model, batches, None, epochs=epochs, class_weight=weights)
+    seconds = time.perf_counter() - start
+    prob = training.predict_rows(model, store, plan.val_rows, tta=bool(augment.get("tta")))
+    return {"prob": prob, "seconds": round(seconds, 1), "params": int(model.count_params())}

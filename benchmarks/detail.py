@@ -15,11 +15,9 @@ per variant the means, and the folded variant's differences and time ratio again
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import time
 
-import common  # noqa: F401  (quiets TensorFlow's start-up log)
+import common  # also quiets TensorFlow's start-up log
 import numpy as np
 from sklearn.metrics import average_precision_score
 
@@ -34,8 +32,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
 
-    import keras_tuner
-
     from nas.errors import NasError
     from nas.prepare import reopen_frames
     from nas.reopen import reopen
@@ -48,10 +44,7 @@ def main() -> None:
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=[args.size, big])
     if not frames.cv:
         raise SystemExit(f"{args.run}: not a cross-validated run (objective.folds >= 2)")
-    hp = keras_tuner.HyperParameters()
-    opened.space.resolve(hp)
-    hp.values.update(opened.space.warm_start[0])
-    values = opened.space.resolve(hp)
+    values = common.warm_start_values(opened.space)
     epochs = args.epochs or exp.budget.epochs
     plans = frames.plans()
     chosen = [int(f) for f in args.folds.split(",")] if args.folds else [p.index for p in plans]
@@ -77,34 +70,13 @@ def main() -> None:
 
 
 def _train_and_score(frames, plan, values: dict, read: int, exp, epochs: int, seed: int) -> dict:
-    import keras
-
-    from nas import data as data_mod
-    from nas import models, training
     from nas.objective import precision_at_recall
 
-    models.fresh_session()
-    keras.utils.set_random_seed(seed)
-    batch = exp.search.batch_size
-    steps = training.steps_per_epoch(len(plan.train_rows), batch) * epochs
-    model = models.build_model(values, read, exp.objective.recall_floor, steps)
-    store, labels = frames.stores[read], frames.labels
-    # as a trial builds it (nas.search.tuner): the experiment's [augment], overridden by the space's augment.* keys
-    augment = dataclasses.asdict(exp.augment) | {k[8:]: v for k, v in values.items() if k.startswith("augment.")}
-    weights = data_mod.class_weights(labels[plan.train_rows]) if exp.training.class_weight == "auto" else None
-
-    def batches(epoch: int):
-        return data_mod.epoch_batches(store, labels, plan.train_rows, batch, epoch=epoch, shuffle=True, seed=seed,
-                                      augment=augment, full=True)
-
-    start = time.perf_counter()
-    training.fit_epochs(model, batches, None, epochs=epochs, class_weight=weights)
-    seconds = time.perf_counter() - start
-    prob = training.predict_rows(model, store, plan.val_rows, tta=bool(exp.augment.tta))
-    y = labels[plan.val_rows]
-    return {"pr_auc": float(average_precision_score(y, prob)),
-            "precision_at_floor": precision_at_recall(y, prob, exp.objective.recall_floor).precision,
-            "seconds": round(seconds, 1), "params": int(model.count_params())}
+    fit = common.train_fold(frames, plan, values, read, exp, epochs, seed)
+    y = frames.labels[plan.val_rows]
+    return {"pr_auc": float(average_precision_score(y, fit["prob"])),
+            "precision_at_floor": precision_at_recall(y, fit["prob"], exp.objective.recall_floor).precision,
+            "seconds": fit["seconds"], "params": fit["params"]}
 
 
 if __name__ == "__main__":  # the frame cache decodes in worker processes (forkserver): guard the entry point

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -16,6 +17,7 @@ PR_AUC_METRIC = "pr_auc"
 
 # Keras's default: each step's batch statistics weigh 1% in the running mean and variance used at inference.
 BN_MOMENTUM = 0.99
+GROUPS = 8  # group normalization's most groups: the largest divisor of a layer's channels up to 8
 
 
 def bn_momentum(steps: int) -> float:
@@ -77,6 +79,11 @@ def _norm(x, kind: str, momentum: float = BN_MOMENTUM):
         return keras.layers.BatchNormalization(momentum=momentum)(x)
     if kind == "layer":
         return keras.layers.LayerNormalization()(x)
+    if kind == "group":
+        # each frame's own statistics over its whole map (in channel groups), never the training sessions':
+        # batch norm's moving statistics are the training sessions' mean and variance, which a new
+        # session's frames (other dose, gain, magnification) need not share
+        return keras.layers.GroupNormalization(groups=math.gcd(int(x.shape[-1]), GROUPS))(x)
     return x
 
 

@@ -53,7 +53,7 @@ SPACE_SCHEMA: dict[str, dict[str, Param]] = {
         "filters": Param(int, 16, low=1, high=1024),
         "growth": Param(float, 2.0, low=1.0, high=4.0),
         "kernel_size": Param(int, 3, low=1, high=9),
-        "normalization": Param(str, "batch", options=("none", "batch", "layer")),
+        "normalization": Param(str, "batch", options=("none", "batch", "layer", "group")),
         "activation": Param(str, "relu", options=("relu", "gelu", "swish", "elu")),
         "pooling": Param(str, "max", options=("max", "avg", "none")),
         "dropout": Param(float, 0.0, low=0.0, high=0.9),

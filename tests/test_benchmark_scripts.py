@@ -1,6 +1,7 @@
 """The parts of benchmarks/anchors.py and benchmarks/generalization.py that read data and model cards, on
 tiny data and the shared exported run (the searches themselves are measured by the lead, not here), and
-benchmarks/detail.py end to end on a tiny cross-validated run."""
+benchmarks/detail.py, benchmarks/recipe.py and benchmarks/session_adapt.py end to end on a tiny
+cross-validated run."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import anchors  # noqa: E402
 import detail  # noqa: E402
 import generalization  # noqa: E402
+import recipe  # noqa: E402
+import session_adapt  # noqa: E402
 
 
 def test_generalization_reads_the_card_and_judges_honesty(exported_run):
@@ -91,13 +94,20 @@ def test_generalization_refuses_unknown_families(monkeypatch):
         generalization.parse_args()
 
 
-def test_detail_trains_both_inputs_on_every_fold_and_reports_their_difference(tmp_path, easy_data, monkeypatch, capsys):
+@pytest.fixture
+def cv_run(tmp_path, easy_data):
+    """A one-trial 3-fold run whose space has a one-block warm start (with dropout in its head)."""
     space = tmp_path / "w.yaml"
-    space.write_text("name: w\nblocks:\n  count: {int: [1, 2]}\n  filters: 4\nwarm_start:\n  - {blocks.count: 1}\n")
+    space.write_text("name: w\nblocks:\n  count: {int: [1, 2]}\n  filters: 4\nhead:\n  dropout: 0.4\n"
+                     "warm_start:\n  - {blocks.count: 1}\n")
     exp = write_experiment(tmp_path / "e.toml", easy_data, search={"space": str(space)},
                            objective={"recall_floor": 0.9, "folds": 3, "racing": False}, budget={"max_trials": 1, "epochs": 1})
     assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "r").code == 0
-    monkeypatch.setattr(sys, "argv", ["detail.py", "--run", str(tmp_path / "res" / "tiny" / "r"), "--size", "16"])
+    return tmp_path / "res" / "tiny" / "r"
+
+
+def test_detail_trains_both_inputs_on_every_fold_and_reports_their_difference(cv_run, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["detail.py", "--run", str(cv_run), "--size", "16"])
     detail.main()
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [(r["fold"], r["variant"], r["read_px"]) for r in out["rows"]] == [
@@ -108,3 +118,54 @@ def test_detail_trains_both_inputs_on_every_fold_and_reports_their_difference(tm
     for r in out["rows"]:
         assert 0 <= r["pr_auc"] <= 1 and 0 <= r["precision_at_floor"] <= 1 and r["seconds"] > 0
     assert out["folded_minus_resized"]["pr_auc"] == pytest.approx(out["folded"]["pr_auc"] - out["resized"]["pr_auc"], abs=2e-4)
+
+
+def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "group:blocks.normalization=group",
+                                      "--variant", "wider:blocks.filters=6,blocks.dropout=0.1"])
+    recipe.main()
+    lines = capsys.readouterr().out.strip().splitlines()
+    out = json.loads(lines[-1])
+    assert [(r["fold"], r["variant"]) for r in out["rows"]] == [
+        (k, name) for k in range(3) for name in ("warm-start", "group", "wider")]
+    base, group, wider = (out["variants"][n] for n in ("warm-start", "group", "wider"))
+    assert group["changes"] == {"blocks.normalization": "group"} and wider["changes"] == {"blocks.filters": 6, "blocks.dropout": 0.1}
+    assert wider["params"] > base["params"]
+    for fig in out["variants"].values():  # the session rule's threshold qualifies under the plain rule too
+        assert 0 <= fig["objective"] <= fig["plain_precision"] + 1e-9 <= 1 + 1e-9 and 0 <= fig["pr_auc"] <= 1
+    assert group["minus_base"]["pr_auc"] == pytest.approx(group["pr_auc"] - base["pr_auc"], abs=2e-4)
+    assert "| group |" in "\n".join(lines)
+    monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "odd:blocks.colour=red"])
+    with pytest.raises(SystemExit, match="'blocks.colour' is not a key of the warm-start network"):
+        recipe.main()
+
+
+def test_session_adapt_reproduces_the_card_as_shipped_and_leaves_the_models_as_they_were(cv_run, monkeypatch, capsys):
+    assert cli("export", cv_run).code == 0
+    monkeypatch.setattr(sys, "argv", ["session_adapt.py", str(cv_run)])
+    session_adapt.main()
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"][0]
+    card = json.loads((cv_run / "export" / "model_card.json").read_text())
+    shipped, adapted = out["variants"]["shipped"], out["variants"]["adapted"]
+    # as shipped: the card's threshold and test figures, recomputed from the fold models
+    assert shipped["threshold"] == pytest.approx(card["threshold"], abs=1e-4)
+    assert shipped["test_precision"] == pytest.approx(card["metrics"]["test"]["precision"], abs=1e-4)
+    assert shipped["test_recall"] == pytest.approx(card["metrics"]["test"]["recall"], abs=1e-4)
+    for fig in (shipped, adapted):
+        assert 0 <= fig["oof_objective"] <= 1 and 0 <= fig["test_pr_auc"] <= 1
+
+    # adapting uses the session's own statistics, with dropout off (the same twice), and puts the model back
+    from nas.export import members
+    from nas.reopen import reopen
+
+    opened = reopen(cv_run)
+    chosen = members.choose(opened.run, str(card["trial_id"]), 1)
+    size = members.image_size(opened, chosen)
+    _, per_member = members.network(opened, chosen, size)
+    model = per_member[0][0]
+    x = np.random.default_rng(0).random((6, size, size, 1)).astype(np.float32)
+    before = np.asarray(model.predict_on_batch(x)).ravel()
+    once = session_adapt.adapted(model, x, tta=True)
+    assert np.allclose(session_adapt.adapted(model, x, tta=True), once, atol=1e-6)
+    assert not np.allclose(once, before, atol=1e-4)
+    assert np.array_equal(np.asarray(model.predict_on_batch(x)).ravel(), before)

@@ -105,3 +105,25 @@ def test_space_to_depth_folds_every_pixel_into_channels_and_names_a_bad_size():
     np.testing.assert_array_equal(folded.predict_on_batch(x), tf.nn.space_to_depth(x, 2).numpy())
     with pytest.raises(NasError, match="stem.space_to_depth 3: the input size 32 px is not a multiple of 3"):
         build_model({**values, "stem.space_to_depth": 3}, 32, 0.9)
+
+
+def test_group_normalization_uses_each_frames_own_statistics_at_any_width():
+    """A frame's output does not depend on the other frames of its batch, even in training mode (batch
+    normalization's does), and widths that 8 does not divide get the largest group count that divides them."""
+    import numpy as np
+
+    hp = keras_tuner.HyperParameters()
+    values = {**load_space(REPO / "search_spaces" / "small_cnn.yaml").resolve(hp), "stem.filters": 0,
+              "blocks.count": 4, "blocks.filters": 12, "blocks.growth": 1.5}
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.random((1, 32, 32, 1)).astype(np.float32) for _ in range(3))
+    outputs = {}
+    for norm in ("group", "batch"):
+        model = build_model({**values, "blocks.normalization": norm}, 32, 0.9)
+        first = [float(model(np.concatenate([a, other]), training=True)[0, 0]) for other in (b, 10 * c)]
+        outputs[norm] = first
+        if norm == "group":
+            groups = [layer.groups for layer in model.layers if layer.name.startswith("group_normalization")]
+            assert groups == [4, 2, 1, 8]  # 12, 18, 27 and 40 channels
+    assert outputs["group"][0] == pytest.approx(outputs["group"][1], abs=1e-5)
+    assert abs(outputs["batch"][0] - outputs["batch"][1]) > 1e-3

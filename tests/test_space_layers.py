@@ -1,4 +1,5 @@
-"""A space that folds pixels into channels (stem.space_to_depth) searches, exports and serves raw frames."""
+"""Spaces whose networks have layers beyond the default conv stack (pixels folded into channels by
+stem.space_to_depth; group normalization) search, export and serve raw frames."""
 
 import json
 import subprocess
@@ -10,11 +11,16 @@ from .conftest import REPO, cli, write_experiment
 from .test_export import CLEAN_SERVE
 
 
-def test_search_export_and_serve_with_space_to_depth(tmp_path, tiny_data):
-    space = tmp_path / "folded.yaml"
+@pytest.mark.parametrize("edit, layer", [
+    (("stem:\n", "stem:\n  space_to_depth: 2\n"), "space_to_depth"),
+    (("normalization: {choice: [batch, none]}", "normalization: group"), "group_normalization"),
+])
+def test_search_export_and_serve_a_space_with(tmp_path, tiny_data, edit, layer):
+    space = tmp_path / "edited.yaml"
     text = (REPO / "search_spaces" / "small_cnn.yaml").read_text()
-    space.write_text(text.replace("stem:\n", "stem:\n  space_to_depth: 2\n", 1))
-    exp = write_experiment(tmp_path / "folded.toml", tiny_data, search={"space": str(space)},
+    assert edit[0] in text
+    space.write_text(text.replace(*edit, 1))
+    exp = write_experiment(tmp_path / "edited.toml", tiny_data, search={"space": str(space)},
                            budget={"max_trials": 1, "epochs": 1})
     res = cli("search", exp, "--results", tmp_path / "results", "--run-id", "r1")
     assert res.code == 0, res.err
@@ -24,7 +30,7 @@ def test_search_export_and_serve_with_space_to_depth(tmp_path, tiny_data):
 
     exported = keras.saving.load_model(run / "export" / "model.keras", compile=False)
     names = [layer.name for layer in _layers(exported)]
-    assert "space_to_depth" in names, names
+    assert layer in names, names
     frames = sorted((tiny_data / "positive").glob("*.tif"))[:2] + sorted((tiny_data / "negative").glob("*.tif"))[:2]
     out_csv = tmp_path / "preds.csv"
     assert cli("predict", run / "export", *frames, "--out", out_csv).code == 0

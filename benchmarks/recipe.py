@@ -1,0 +1,131 @@
+"""Changes to the training recipe, side by side on one run's folds: the space's first warm-start network
+against the same network with some of its values changed (normalization, width, learning rate, augmentation
+strength, ...), each trained on every fold of RUN with the same seed, frames, batch size and epochs, as a
+trial trains it.
+
+Each variant's out-of-fold probabilities are pooled over the folds and scored as the search scores a trial:
+the objective (precision at the recall floor, the threshold kept by the run's recall-confidence rule over
+sessions), PR-AUC, and the plain rule's precision (out-of-fold recall >= floor); with its training seconds
+and parameters. What a search would gain from a change shows in the objective: a model whose scores shift
+between sessions forces the session rule to a low threshold even when its pooled PR-AUC is high. The last
+line is a JSON object: per variant its figures, per fold its PR-AUC, and each variant's differences from the
+warm start and its time ratio. Development data only: choosing a recipe on held-out data spends it.
+
+    python benchmarks/recipe.py --run results/dev-Y/magnification-seed21-n2000-128px/results/haadf/run \
+        --variant group:blocks.normalization=group --variant layer:blocks.normalization=layer
+    python benchmarks/recipe.py --run RUN --variant wide:blocks.filters=24,head.dense=32 --folds 0,1 --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import common  # also quiets TensorFlow's start-up log
+import numpy as np
+import yaml
+from sklearn.metrics import average_precision_score
+
+BASE = "warm-start"
+
+
+def parse_variant(text: str, values: dict) -> tuple[str, dict]:
+    """'name:key=value,key=value' -> (name, the changed values); a key the network does not have is refused."""
+    name, sep, body = text.partition(":")
+    if not sep or not name or not body:
+        raise SystemExit(f"--variant {text}: expected NAME:KEY=VALUE[,KEY=VALUE...], e.g. group:blocks.normalization=group")
+    changes = {}
+    for item in body.split(","):
+        key, eq, raw = item.partition("=")
+        if not eq or key not in values:
+            known = ", ".join(sorted(values))
+            raise SystemExit(f"--variant {text}: {key!r} is not a key of the warm-start network (keys: {known})")
+        changes[key] = yaml.safe_load(raw)
+    return name, changes
+
+
+def pooled_figures(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, objective, seed: int) -> dict:
+    from nas.objective import precision_at_recall
+    from nas.search.scoring import score
+
+    s = score(y, prob, objective, seed=seed, params=0, latency_ms=0.0, groups=groups, interval=False)
+    plain = precision_at_recall(y, prob, objective.recall_floor)
+    return {"objective": round(s.objective, 4), "recall": round(s.recall, 4), "threshold": round(s.threshold, 4),
+            "pr_auc": round(float(average_precision_score(y, prob)), 4), "plain_precision": round(plain.precision, 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a cross-validated run folder (results/<experiment>/<run-id>)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="a change to the warm-start network's values (repeatable)")
+    ap.add_argument("--folds", default="", help="comma-separated fold indices (default: every fold)")
+    ap.add_argument("--epochs", type=int, default=0, help="epochs per fold (default: the run's budget.epochs)")
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+    if not args.variant:
+        raise SystemExit("--variant: name at least one change to compare with the warm start")
+
+    from nas import precision
+    from nas.errors import NasError
+    from nas.reopen import reopen
+
+    opened = reopen(args.run)
+    exp = opened.exp
+    if not opened.space.warm_start:
+        raise SystemExit(f"{opened.run.space}: this benchmark trains the space's first warm_start; it has none")
+    base = common.warm_start_values(opened.space)
+    variants = {BASE: {}} | dict(parse_variant(v, base) for v in args.variant)
+    if len(variants) != len(args.variant) + 1:
+        raise SystemExit(f"--variant: names must differ from each other and from {BASE}")
+    size = base.get("input.image_size", exp.data.image_size)
+    frames = opened.frames(all_sizes=True)
+    if not frames.cv:
+        raise SystemExit(f"{args.run}: not a cross-validated run (objective.folds >= 2)")
+    # the run's arithmetic (precision.json), so times compare with its trials'
+    precision.apply(precision.choose(exp.search.precision, opened.run.path, exp.data.image_size)["policy"])
+    epochs = args.epochs or exp.budget.epochs
+    plans = frames.plans()
+    chosen = [int(f) for f in args.folds.split(",")] if args.folds else [p.index for p in plans]
+    plans = [p for p in plans if p.index in chosen]
+    rows, probs = [], {name: [] for name in variants}
+    for plan in plans:
+        y = frames.labels[plan.val_rows]
+        for name, changes in variants.items():
+            try:
+                fit = common.train_fold(frames, plan, base | changes, size, exp, epochs, args.seed)
+            except NasError as e:
+                raise SystemExit(str(e)) from None
+            probs[name].append(fit["prob"])
+            pr_auc = float(average_precision_score(y, fit["prob"]))
+            rows.append({"fold": plan.index, "variant": name, "pr_auc": round(pr_auc, 4), "seconds": fit["seconds"],
+                         "params": fit["params"]})
+            print(f"fold {plan.index}  {name:12s} PR-AUC {pr_auc:.4f}  {fit['seconds']:.1f} s  {fit['params']} parameters",
+                  flush=True)
+    val_rows = np.concatenate([p.val_rows for p in plans])
+    y, groups = frames.labels[val_rows], frames.groups[val_rows]
+    summary = {"run": str(args.run), "epochs": epochs, "folds": chosen, "size": size, "seed": args.seed,
+               "recall_floor": exp.objective.recall_floor, "recall_confidence": exp.objective.recall_confidence,
+               "variants": {}, "rows": rows}
+    for name, changes in variants.items():
+        mine = [r for r in rows if r["variant"] == name]
+        fig = pooled_figures(y, np.concatenate(probs[name]), groups if (groups != "").all() else None, exp.objective,
+                             args.seed)
+        summary["variants"][name] = {"changes": changes, **fig, "seconds": round(float(np.mean([r["seconds"] for r in mine])), 1),
+                                     "params": mine[0]["params"]}
+    print(f"\n| variant | objective (out of fold) | recall | PR-AUC | precision, plain rule | s a fold | vs {BASE} |")
+    print("|---|---|---|---|---|---|---|")
+    ref = summary["variants"][BASE]
+    for name, fig in summary["variants"].items():
+        if name != BASE:
+            fig["minus_base"] = {k: round(fig[k] - ref[k], 4) for k in ("objective", "pr_auc", "plain_precision")}
+            fig["time_ratio"] = round(fig["seconds"] / ref["seconds"], 3)
+        diff = (f"objective {fig['minus_base']['objective']:+.4f}, PR-AUC {fig['minus_base']['pr_auc']:+.4f}, "
+                f"{fig['time_ratio']:.2f}x time") if name != BASE else ""
+        print(f"| {name} | {fig['objective']:.4f} | {fig['recall']:.3f} | {fig['pr_auc']:.4f} | "
+              f"{fig['plain_precision']:.4f} | {fig['seconds']:.1f} | {diff} |")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":  # the frame cache decodes in worker processes (forkserver): guard the entry point
+    main()
