@@ -13,7 +13,8 @@ warm start and its time ratio. Development data only: choosing a recipe on held-
 
     python benchmarks/recipe.py --run results/dev-Y/magnification-seed21-n2000-128px/results/haadf/run \
         --variant group:blocks.normalization=group --variant layer:blocks.normalization=layer
-    python benchmarks/recipe.py --run RUN --variant wide:blocks.filters=24,head.dense=32 --folds 0,1 --epochs 10
+    python benchmarks/recipe.py --run RUN --variant wide:blocks.filters=24,head.dense=32 --variant 48px:input.image_size=48 \
+        --folds 0,1 --epochs 10
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ BASE = "warm-start"
 
 
 def parse_variant(text: str, values: dict) -> tuple[str, dict]:
-    """'name:key=value,key=value' -> (name, the changed values); a key the network does not have is refused."""
+    """'name:key=value,key=value' -> (name, the changed values); a key the network does not have is refused
+    (input.image_size always exists: each size is cached)."""
     name, sep, body = text.partition(":")
     if not sep or not name or not body:
         raise SystemExit(f"--variant {text}: expected NAME:KEY=VALUE[,KEY=VALUE...], e.g. group:blocks.normalization=group")
     changes = {}
     for item in body.split(","):
         key, eq, raw = item.partition("=")
-        if not eq or key not in values:
+        if not eq or key not in values and key != "input.image_size":
             known = ", ".join(sorted(values))
             raise SystemExit(f"--variant {text}: {key!r} is not a key of the warm-start network (keys: {known})")
         changes[key] = yaml.safe_load(raw)
@@ -68,6 +70,7 @@ def main() -> None:
 
     from nas import precision
     from nas.errors import NasError
+    from nas.prepare import reopen_frames
     from nas.reopen import reopen
 
     opened = reopen(args.run)
@@ -78,8 +81,8 @@ def main() -> None:
     variants = {BASE: {}} | dict(parse_variant(v, base) for v in args.variant)
     if len(variants) != len(args.variant) + 1:
         raise SystemExit(f"--variant: names must differ from each other and from {BASE}")
-    size = base.get("input.image_size", exp.data.image_size)
-    frames = opened.frames(all_sizes=True)
+    size_of = {name: int((base | changes).get("input.image_size", exp.data.image_size)) for name, changes in variants.items()}
+    frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=sorted(set(size_of.values())))
     if not frames.cv:
         raise SystemExit(f"{args.run}: not a cross-validated run (objective.folds >= 2)")
     # the run's arithmetic (precision.json), so times compare with its trials'
@@ -93,7 +96,7 @@ def main() -> None:
         y = frames.labels[plan.val_rows]
         for name, changes in variants.items():
             try:
-                fit = common.train_fold(frames, plan, base | changes, size, exp, epochs, args.seed)
+                fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs, args.seed)
             except NasError as e:
                 raise SystemExit(str(e)) from None
             probs[name].append(fit["prob"])
@@ -104,14 +107,14 @@ def main() -> None:
                   flush=True)
     val_rows = np.concatenate([p.val_rows for p in plans])
     y, groups = frames.labels[val_rows], frames.groups[val_rows]
-    summary = {"run": str(args.run), "epochs": epochs, "folds": chosen, "size": size, "seed": args.seed,
+    summary = {"run": str(args.run), "epochs": epochs, "folds": chosen, "seed": args.seed,
                "recall_floor": exp.objective.recall_floor, "recall_confidence": exp.objective.recall_confidence,
                "variants": {}, "rows": rows}
     for name, changes in variants.items():
         mine = [r for r in rows if r["variant"] == name]
         fig = pooled_figures(y, np.concatenate(probs[name]), groups if (groups != "").all() else None, exp.objective,
                              args.seed)
-        summary["variants"][name] = {"changes": changes, **fig, "seconds": round(float(np.mean([r["seconds"] for r in mine])), 1),
+        summary["variants"][name] = {"changes": changes, "size": size_of[name], **fig, "seconds": round(float(np.mean([r["seconds"] for r in mine])), 1),
                                      "params": mine[0]["params"]}
     print(f"\n| variant | objective (out of fold) | recall | PR-AUC | precision, plain rule | s a fold | vs {BASE} |")
     print("|---|---|---|---|---|---|---|")

@@ -122,13 +122,15 @@ def test_detail_trains_both_inputs_on_every_fold_and_reports_their_difference(cv
 
 def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "group:blocks.normalization=group",
-                                      "--variant", "wider:blocks.filters=6,blocks.dropout=0.1"])
+                                      "--variant", "wider:blocks.filters=6,blocks.dropout=0.1",
+                                      "--variant", "small:input.image_size=16"])
     recipe.main()
     lines = capsys.readouterr().out.strip().splitlines()
     out = json.loads(lines[-1])
     assert [(r["fold"], r["variant"]) for r in out["rows"]] == [
-        (k, name) for k in range(3) for name in ("warm-start", "group", "wider")]
-    base, group, wider = (out["variants"][n] for n in ("warm-start", "group", "wider"))
+        (k, name) for k in range(3) for name in ("warm-start", "group", "wider", "small")]
+    base, group, wider, small = (out["variants"][n] for n in ("warm-start", "group", "wider", "small"))
+    assert (base["size"], small["size"]) == (32, 16) and small["params"] == base["params"]  # global pooling head
     assert group["changes"] == {"blocks.normalization": "group"} and wider["changes"] == {"blocks.filters": 6, "blocks.dropout": 0.1}
     assert wider["params"] > base["params"]
     for fig in out["variants"].values():  # the session rule's threshold qualifies under the plain rule too
