@@ -69,26 +69,50 @@ def warm_start_values(space) -> dict:
     return space.resolve(hp)
 
 
-def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: int) -> dict:
+def chosen_plans(frames, folds: str, run) -> list:
+    """The folds a benchmark trains (`--folds 0,2`; empty: all) of a cross-validated run's frames."""
+    if not frames.cv:
+        raise SystemExit(f"{run}: not a cross-validated run (objective.folds >= 2)")
+    plans = frames.plans()
+    if not folds:
+        return plans
+    try:
+        wanted = [int(f) for f in folds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--folds {folds}: expected comma-separated fold numbers, e.g. 0,2") from None
+    known = [p.index for p in plans]
+    if set(wanted) - set(known):
+        raise SystemExit(f"--folds {folds}: the run has folds {', '.join(map(str, known))}")
+    return [p for p in plans if p.index in wanted]
+
+
+def run_policy(opened) -> str:
+    """The arithmetic the run's trials trained in (its precision.json), so a benchmark's times compare with theirs."""
+    from nas import precision
+
+    return precision.choose(opened.exp.search.precision, opened.run.path, opened.exp.data.image_size)["policy"]
+
+
+def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: int, policy: str = "float32") -> dict:
     """One network trained on a fold's training frames as a trial trains it (the experiment's [augment] with the
-    space's augment.* overrides, class weights, batch size, the cosine schedule over `epochs`) and its
-    probabilities on the fold's held-out frames: {"prob", "seconds", "params"}."""
-    import dataclasses
+    space's augment.* overrides, class weights, batch size, the cosine schedule over `epochs`, the arithmetic
+    `policy`) and its probabilities on the fold's held-out frames: {"prob", "seconds", "params"}."""
     import time
 
     import keras
 
     from nas import data as data_mod
     from nas import models, training
+    from nas.augment import trial_augment
 
     models.fresh_session()
+    keras.mixed_precision.set_global_policy(policy)  # clearing the session resets it (Keras 3)
     keras.utils.set_random_seed(seed)
     batch = exp.search.batch_size
     steps = training.steps_per_epoch(len(plan.train_rows), batch) * epochs
     model = models.build_model(values, read, exp.objective.recall_floor, steps)
     store, labels = frames.stores[read], frames.labels
-    # as a trial builds it (nas.search.tuner): the experiment's [augment], overridden by the space's augment.* keys
-    augment = dataclasses.asdict(exp.augment) | {k[8:]: v for k, v in values.items() if k.startswith("augment.")}
+    augment = trial_augment(exp.augment, values)  # as a trial builds it
     weights = data_mod.class_weights(labels[plan.train_rows]) if exp.training.class_weight == "auto" else None
 
     def batches(epoch: int):
@@ -99,4 +123,4 @@ def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: in
     training.fit_epochs(model, batches, None, epochs=epochs, class_weight=weights)
     seconds = time.perf_counter() - start
     prob = training.predict_rows(model, store, plan.val_rows, tta=bool(augment.get("tta")))
-    return {"prob": prob, "seconds": round(seconds, 1), "params": int(model.count_params())}
+    return {"prob": prob, "seconds": seconds, "params": int(model.count_params())}

@@ -42,18 +42,17 @@ def main() -> None:
         raise SystemExit(f"{opened.run.space}: this benchmark trains the space's first warm_start; it has none")
     big = args.size * args.fold_by
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=[args.size, big])
-    if not frames.cv:
-        raise SystemExit(f"{args.run}: not a cross-validated run (objective.folds >= 2)")
+    plans = common.chosen_plans(frames, args.folds, args.run)
     values = common.warm_start_values(opened.space)
     epochs = args.epochs or exp.budget.epochs
-    plans = frames.plans()
-    chosen = [int(f) for f in args.folds.split(",")] if args.folds else [p.index for p in plans]
+    policy = common.run_policy(opened)
     variants = {"resized": (args.size, 1), "folded": (big, args.fold_by)}
     rows = []
-    for plan in (p for p in plans if p.index in chosen):
+    for plan in plans:
         for name, (read, k) in variants.items():
             try:
-                fig = _train_and_score(frames, plan, {**values, "stem.space_to_depth": k}, read, exp, epochs, args.seed)
+                fig = _train_and_score(frames, plan, {**values, "stem.space_to_depth": k}, read, exp, epochs, args.seed,
+                                       policy)
             except NasError as e:
                 raise SystemExit(str(e)) from None
             rows.append({"fold": plan.index, "variant": name, "read_px": read, **fig})
@@ -69,14 +68,14 @@ def main() -> None:
     print(json.dumps(summary))
 
 
-def _train_and_score(frames, plan, values: dict, read: int, exp, epochs: int, seed: int) -> dict:
+def _train_and_score(frames, plan, values: dict, read: int, exp, epochs: int, seed: int, policy: str) -> dict:
     from nas.objective import precision_at_recall
 
-    fit = common.train_fold(frames, plan, values, read, exp, epochs, seed)
+    fit = common.train_fold(frames, plan, values, read, exp, epochs, seed, policy)
     y = frames.labels[plan.val_rows]
     return {"pr_auc": float(average_precision_score(y, fit["prob"])),
             "precision_at_floor": precision_at_recall(y, fit["prob"], exp.objective.recall_floor).precision,
-            "seconds": fit["seconds"], "params": fit["params"]}
+            "seconds": round(fit["seconds"], 2), "params": fit["params"]}
 
 
 if __name__ == "__main__":  # the frame cache decodes in worker processes (forkserver): guard the entry point

@@ -30,19 +30,26 @@ from sklearn.metrics import average_precision_score
 BASE = "warm-start"
 
 
-def parse_variant(text: str, values: dict) -> tuple[str, dict]:
-    """'name:key=value,key=value' -> (name, the changed values); a key the network does not have is refused
-    (input.image_size always exists: each size is cached)."""
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'name:key=value,key=value' -> (name, the changed values), each checked as a space file's constant
+    (blocks.*, head.*, optimizer.*, input.image_size, augment.*); training length is --epochs, for every variant."""
+    from nas.errors import NasError
+    from nas.space import check_value
+
     name, sep, body = text.partition(":")
     if not sep or not name or not body:
         raise SystemExit(f"--variant {text}: expected NAME:KEY=VALUE[,KEY=VALUE...], e.g. group:blocks.normalization=group")
     changes = {}
     for item in body.split(","):
         key, eq, raw = item.partition("=")
-        if not eq or key not in values and key != "input.image_size":
-            known = ", ".join(sorted(values))
-            raise SystemExit(f"--variant {text}: {key!r} is not a key of the warm-start network (keys: {known})")
-        changes[key] = yaml.safe_load(raw)
+        if not eq:
+            raise SystemExit(f"--variant {text}: {item!r} is not KEY=VALUE")
+        if key == "training.epochs":
+            raise SystemExit(f"--variant {text}: every variant trains --epochs epochs; compare lengths in two runs")
+        try:
+            changes[key] = check_value(key, yaml.safe_load(raw), f"--variant {name}")
+        except NasError as e:
+            raise SystemExit(str(e)) from None
     return name, changes
 
 
@@ -68,7 +75,6 @@ def main() -> None:
     if not args.variant:
         raise SystemExit("--variant: name at least one change to compare with the warm start")
 
-    from nas import precision
     from nas.errors import NasError
     from nas.prepare import reopen_frames
     from nas.reopen import reopen
@@ -78,51 +84,46 @@ def main() -> None:
     if not opened.space.warm_start:
         raise SystemExit(f"{opened.run.space}: this benchmark trains the space's first warm_start; it has none")
     base = common.warm_start_values(opened.space)
-    variants = {BASE: {}} | dict(parse_variant(v, base) for v in args.variant)
+    variants = {BASE: {}} | dict(parse_variant(v) for v in args.variant)
     if len(variants) != len(args.variant) + 1:
         raise SystemExit(f"--variant: names must differ from each other and from {BASE}")
     size_of = {name: int((base | changes).get("input.image_size", exp.data.image_size)) for name, changes in variants.items()}
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=sorted(set(size_of.values())))
-    if not frames.cv:
-        raise SystemExit(f"{args.run}: not a cross-validated run (objective.folds >= 2)")
-    # the run's arithmetic (precision.json), so times compare with its trials'
-    precision.apply(precision.choose(exp.search.precision, opened.run.path, exp.data.image_size)["policy"])
+    plans = common.chosen_plans(frames, args.folds, args.run)
+    policy = common.run_policy(opened)
     epochs = args.epochs or exp.budget.epochs
-    plans = frames.plans()
-    chosen = [int(f) for f in args.folds.split(",")] if args.folds else [p.index for p in plans]
-    plans = [p for p in plans if p.index in chosen]
-    rows, probs = [], {name: [] for name in variants}
+    rows, probs, seconds = [], {name: [] for name in variants}, {}
     for plan in plans:
         y = frames.labels[plan.val_rows]
         for name, changes in variants.items():
             try:
-                fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs, args.seed)
+                fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs, args.seed, policy)
             except NasError as e:
                 raise SystemExit(str(e)) from None
             probs[name].append(fit["prob"])
             pr_auc = float(average_precision_score(y, fit["prob"]))
-            rows.append({"fold": plan.index, "variant": name, "pr_auc": round(pr_auc, 4), "seconds": fit["seconds"],
-                         "params": fit["params"]})
+            rows.append({"fold": plan.index, "variant": name, "pr_auc": round(pr_auc, 4),
+                         "seconds": round(fit["seconds"], 2), "params": fit["params"]})
+            seconds.setdefault(name, []).append(fit["seconds"])
             print(f"fold {plan.index}  {name:12s} PR-AUC {pr_auc:.4f}  {fit['seconds']:.1f} s  {fit['params']} parameters",
                   flush=True)
     val_rows = np.concatenate([p.val_rows for p in plans])
     y, groups = frames.labels[val_rows], frames.groups[val_rows]
-    summary = {"run": str(args.run), "epochs": epochs, "folds": chosen, "seed": args.seed,
+    summary = {"run": str(args.run), "epochs": epochs, "folds": [p.index for p in plans], "seed": args.seed, "policy": policy,
                "recall_floor": exp.objective.recall_floor, "recall_confidence": exp.objective.recall_confidence,
                "variants": {}, "rows": rows}
     for name, changes in variants.items():
-        mine = [r for r in rows if r["variant"] == name]
-        fig = pooled_figures(y, np.concatenate(probs[name]), groups if (groups != "").all() else None, exp.objective,
-                             args.seed)
-        summary["variants"][name] = {"changes": changes, "size": size_of[name], **fig, "seconds": round(float(np.mean([r["seconds"] for r in mine])), 1),
-                                     "params": mine[0]["params"]}
+        fig = pooled_figures(y, np.concatenate(probs[name]), groups, exp.objective, args.seed)  # as the search does
+        summary["variants"][name] = {"changes": changes, "size": size_of[name], **fig,
+                                     "seconds": round(float(np.mean(seconds[name])), 2),
+                                     "params": next(r["params"] for r in rows if r["variant"] == name)}
     print(f"\n| variant | objective (out of fold) | recall | PR-AUC | precision, plain rule | s a fold | vs {BASE} |")
     print("|---|---|---|---|---|---|---|")
     ref = summary["variants"][BASE]
     for name, fig in summary["variants"].items():
         if name != BASE:
             fig["minus_base"] = {k: round(fig[k] - ref[k], 4) for k in ("objective", "pr_auc", "plain_precision")}
-            fig["time_ratio"] = round(fig["seconds"] / ref["seconds"], 3)
+            fig["time_ratio"] = round(float(np.mean(seconds[name]) / np.mean(seconds[BASE])), 3)
         diff = (f"objective {fig['minus_base']['objective']:+.4f}, PR-AUC {fig['minus_base']['pr_auc']:+.4f}, "
                 f"{fig['time_ratio']:.2f}x time") if name != BASE else ""
         print(f"| {name} | {fig['objective']:.4f} | {fig['recall']:.3f} | {fig['pr_auc']:.4f} | "

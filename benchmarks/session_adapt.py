@@ -26,13 +26,15 @@ from sklearn.metrics import average_precision_score
 
 def adapted(model, x: np.ndarray, tta: bool) -> np.ndarray:
     """Probabilities of one session's frames (n, S, S, 1) with batch norm using the statistics of these frames
-    (each flip and turn of them, with test-time augmentation); dropout stays off and the model is left as it
-    was."""
+    (with test-time augmentation, each of the 8 flips and turns normalized by its own statistics, and the 8
+    averaged); dropout stays off and the model is left as it was. Our CNN families only: in training mode an
+    AutoKeras graph would also run its augmentation layers."""
     import keras
 
     from nas.augment import dihedral_views
+    from nas.models import all_layers
 
-    dropouts = [layer for layer in _layers(model) if isinstance(layer, keras.layers.Dropout)]
+    dropouts = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Dropout)]  # spatial ones too
     rates = [layer.rate for layer in dropouts]
     saved = model.get_weights()  # a training-mode call also moves the running statistics: put them back after
     try:
@@ -44,13 +46,6 @@ def adapted(model, x: np.ndarray, tta: bool) -> np.ndarray:
         for layer, rate in zip(dropouts, rates, strict=True):
             layer.rate = rate
         model.set_weights(saved)
-
-
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _layers(layer)
 
 
 def by_session(model, store, rows: np.ndarray, groups: np.ndarray, tta: bool) -> np.ndarray:
@@ -71,8 +66,14 @@ def measure(run: Path) -> dict:
     if not card_path.is_file():
         raise SystemExit(f"{run}: no export/model_card.json; run `nas export {run}` first")
     card = json.loads(card_path.read_text())
+    if card.get("refit") or card.get("ensemble"):
+        raise SystemExit(f"{card_path}: a refit or ensemble export; this compares a trial's fold models as a plain "
+                         "`nas export RUN` ships them")
     opened = reopen(run)
     exp = opened.exp
+    if exp.search.tuner == "autokeras":
+        raise SystemExit(f"{run}: an AutoKeras run; its graphs augment frames in training mode, so batch-norm "
+                         "statistics cannot be re-estimated by a training-mode call")
     chosen = members_mod.choose(opened.run, str(card["trial_id"]), 1)
     size = members_mod.image_size(opened, chosen)
     frames = opened.frames(all_sizes=True)
@@ -119,8 +120,13 @@ def main() -> None:
     results = []
     print("| run | variant | objective (out of fold) | PR-AUC (out of fold) | test precision | test recall | test PR-AUC |")
     print("|---|---|---|---|---|---|---|")
+    from nas.errors import NasError
+
     for run in args.runs:
-        res = measure(run)
+        try:
+            res = measure(run)
+        except NasError as e:
+            raise SystemExit(str(e)) from None
         results.append(res)
         for name, f in res["variants"].items():
             print(f"| {run} | {name} | {f['oof_objective']:.4f} | {f['oof_pr_auc']:.4f} | {f['test_precision']:.3f} | "

@@ -10,9 +10,18 @@ already gone; what is left of them is contrast and nonlinearity.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 TTA_VIEWS = 8  # the dihedral group of the square: 4 turns, each with and without a flip
+
+
+def trial_augment(experiment_augment, values: dict) -> dict:
+    """A trial's augmentation: the experiment's [augment] (a dataclass), with the space's augment.* keys (searched
+    or fixed per trial) in place of the experiment's."""
+    return dataclasses.asdict(experiment_augment) | {k[len("augment."):]: v for k, v in values.items()
+                                                     if k.startswith("augment.")}
 
 
 def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndarray:

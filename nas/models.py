@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
@@ -17,7 +16,7 @@ PR_AUC_METRIC = "pr_auc"
 
 # Keras's default: each step's batch statistics weigh 1% in the running mean and variance used at inference.
 BN_MOMENTUM = 0.99
-GROUPS = 8  # group normalization's most groups: the largest divisor of a layer's channels up to 8
+GROUPS = 8  # group normalization's most groups: a layer gets the largest divisor of its channels up to 8
 
 
 def bn_momentum(steps: int) -> float:
@@ -83,8 +82,19 @@ def _norm(x, kind: str, momentum: float = BN_MOMENTUM):
         # each frame's own statistics over its whole map (in channel groups), never the training sessions':
         # batch norm's moving statistics are the training sessions' mean and variance, which a new
         # session's frames (other dose, gain, magnification) need not share
-        return keras.layers.GroupNormalization(groups=math.gcd(int(x.shape[-1]), GROUPS))(x)
-    return x
+        channels = int(x.shape[-1])
+        return keras.layers.GroupNormalization(groups=max(d for d in range(1, GROUPS + 1) if channels % d == 0))(x)
+    if kind == "none":
+        return x
+    raise NasError(f"blocks.normalization {kind!r}: expected none, batch, layer or group")
+
+
+def all_layers(model):
+    """Every layer of a model, those of nested models (an ensemble's members, AutoKeras blocks) included."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from all_layers(layer)
 
 
 def _pool(x, kind: str):

@@ -137,6 +137,16 @@ def _check_scalar(value: Any, param: Param, source: str, key: str) -> Any:
     return value
 
 
+def check_value(key: str, value: Any, source: str) -> Any:
+    """A value for a dotted key of the space language (e.g. 'blocks.normalization'), checked as a space file's
+    constant would be: the key must exist, the value its kind, option or range."""
+    section, _, name = key.partition(".")
+    param = {**SPACE_SCHEMA, **OVERRIDES}.get(section, {}).get(name)
+    if param is None:
+        raise NasError(f"{source}: unknown key {key!r}; a dotted key of the space language, e.g. blocks.normalization")
+    return _check_scalar(value, param, source, key)
+
+
 def _parse_dimension(name: str, raw: Any, param: Param, source: str) -> Dimension:
     if not isinstance(raw, dict):
         return Dimension(name, param, constant=_check_scalar(raw, param, source, name))

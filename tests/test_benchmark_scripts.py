@@ -94,11 +94,13 @@ def test_generalization_refuses_unknown_families(monkeypatch):
         generalization.parse_args()
 
 
-@pytest.fixture
-def cv_run(tmp_path, easy_data):
-    """A one-trial 3-fold run whose space has a one-block warm start (with dropout in its head)."""
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory, easy_data):
+    """A one-trial 3-fold run whose space has a one-block warm start (with spatial dropout and dropout); shared
+    by the tests below, which only read it (session_adapt's adds an export)."""
+    tmp_path = tmp_path_factory.mktemp("cv_run")
     space = tmp_path / "w.yaml"
-    space.write_text("name: w\nblocks:\n  count: {int: [1, 2]}\n  filters: 4\nhead:\n  dropout: 0.4\n"
+    space.write_text("name: w\nblocks:\n  count: {int: [1, 2]}\n  filters: 4\n  dropout: 0.1\nhead:\n  dropout: 0.4\n"
                      "warm_start:\n  - {blocks.count: 1}\n")
     exp = write_experiment(tmp_path / "e.toml", easy_data, search={"space": str(space)},
                            objective={"recall_floor": 0.9, "folds": 3, "racing": False}, budget={"max_trials": 1, "epochs": 1})
@@ -137,8 +139,15 @@ def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monk
         assert 0 <= fig["objective"] <= fig["plain_precision"] + 1e-9 <= 1 + 1e-9 and 0 <= fig["pr_auc"] <= 1
     assert group["minus_base"]["pr_auc"] == pytest.approx(group["pr_auc"] - base["pr_auc"], abs=2e-4)
     assert "| group |" in "\n".join(lines)
-    monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "odd:blocks.colour=red"])
-    with pytest.raises(SystemExit, match="'blocks.colour' is not a key of the warm-start network"):
+    for variant, why in (("odd:blocks.colour=red", "--variant odd: unknown key 'blocks.colour'"),
+                         ("typo:blocks.normalization=grup", "--variant typo: blocks.normalization: expected one of none, batch"),
+                         ("long:training.epochs=80", "every variant trains --epochs epochs")):
+        monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", variant])
+        with pytest.raises(SystemExit, match=why):
+            recipe.main()
+    monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "g:blocks.normalization=group",
+                                      "--folds", "0,5"])
+    with pytest.raises(SystemExit, match="--folds 0,5: the run has folds 0, 1, 2"):
         recipe.main()
 
 
@@ -171,3 +180,9 @@ def test_session_adapt_reproduces_the_card_as_shipped_and_leaves_the_models_as_t
     assert np.allclose(session_adapt.adapted(model, x, tta=True), once, atol=1e-6)
     assert not np.allclose(once, before, atol=1e-4)
     assert np.array_equal(np.asarray(model.predict_on_batch(x)).ravel(), before)
+    import keras
+
+    from nas.models import all_layers
+
+    rates = sorted(layer.rate for layer in all_layers(model) if isinstance(layer, keras.layers.Dropout))
+    assert rates == [0.1, 0.4]  # spatial dropout in the block, dropout in the head: both put back

@@ -109,7 +109,7 @@ def test_space_to_depth_folds_every_pixel_into_channels_and_names_a_bad_size():
 
 def test_group_normalization_uses_each_frames_own_statistics_at_any_width():
     """A frame's output does not depend on the other frames of its batch, even in training mode (batch
-    normalization's does), and widths that 8 does not divide get the largest group count that divides them."""
+    normalization's does), and a width that 8 does not divide gets its largest divisor up to 8 as group count."""
     import numpy as np
 
     hp = keras_tuner.HyperParameters()
@@ -124,6 +124,6 @@ def test_group_normalization_uses_each_frames_own_statistics_at_any_width():
         outputs[norm] = first
         if norm == "group":
             groups = [layer.groups for layer in model.layers if layer.name.startswith("group_normalization")]
-            assert groups == [4, 2, 1, 8]  # 12, 18, 27 and 40 channels
+            assert groups == [6, 6, 3, 8]  # 12, 18, 27 and 40 channels
     assert outputs["group"][0] == pytest.approx(outputs["group"][1], abs=1e-5)
     assert abs(outputs["batch"][0] - outputs["batch"][1]) > 1e-3

@@ -28,8 +28,10 @@ def test_search_export_and_serve_a_space_with(tmp_path, tiny_data, edit, layer):
     assert cli("export", run).code == 0
     import keras
 
+    from nas.models import all_layers
+
     exported = keras.saving.load_model(run / "export" / "model.keras", compile=False)
-    names = [layer.name for layer in _layers(exported)]
+    names = [layer.name for layer in all_layers(exported)]
     assert layer in names, names
     frames = sorted((tiny_data / "positive").glob("*.tif"))[:2] + sorted((tiny_data / "negative").glob("*.tif"))[:2]
     out_csv = tmp_path / "preds.csv"
@@ -44,9 +46,3 @@ def test_search_export_and_serve_a_space_with(tmp_path, tiny_data, edit, layer):
     for path, prob in served.items():
         assert rows[path] == pytest.approx(prob, abs=1e-5)
 
-
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _layers(layer)

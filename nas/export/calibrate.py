@@ -3,13 +3,13 @@ refit on train+val, and the one read of the test split."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from nas import data as data_mod
 from nas import training
+from nas.augment import trial_augment
 from nas.errors import NasError
 from nas.export.members import Member, architecture
 from nas.objective import (
@@ -85,7 +85,7 @@ def refit(opened: OpenRun, member: Member, frames: RunFrames, size: int):
     keras.utils.set_random_seed(seed)
     model = architecture(opened, rec, size, compiled=True, frames=store[rows[:256]][..., None],
                          decay_steps=training.steps_per_epoch(len(rows), batch) * epochs)
-    augment = {**dataclasses.asdict(exp.augment), **{k[8:]: v for k, v in rec.hyperparameters.items() if k.startswith("augment.")}}
+    augment = trial_augment(exp.augment, rec.hyperparameters)
     weights = data_mod.class_weights(labels[rows]) if exp.training.class_weight == "auto" else None
     training.fit_epochs(model, lambda e: data_mod.epoch_batches(store, labels, rows, batch, epoch=e, shuffle=True,
                                                                 seed=seed, augment=augment, full=True),

@@ -9,7 +9,6 @@ of truth; the oracle only hears one number back.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 from keras_tuner.engine.base_tuner import BaseTuner
 
 from nas import stopping
+from nas.augment import trial_augment
 from nas.automodel import AutoKerasHyperModel, adapt_preprocessing
 from nas.checkpoint import clear_checkpoint, load_checkpoint
 from nas.config import Experiment
@@ -123,7 +123,7 @@ class NasTuner(BaseTuner):
         values = self.hypermodel.space.resolve(hp)
         searched = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}  # AutoKeras adds its own
         fidelity = {k[len("tuner/"):]: v for k, v in hp.values.items() if k.startswith("tuner/")}
-        augment = dataclasses.asdict(self.exp.augment) | {k[8:]: v for k, v in values.items() if k.startswith("augment.")}
+        augment = trial_augment(self.exp.augment, values)
         return TrialPlan(tid, hp, values, searched, fidelity,
                          epochs=int(fidelity.get("epochs", values.get("training.epochs", self.exp.budget.epochs))),
                          initial_epoch=int(fidelity.get("initial_epoch", 0)),
