@@ -1,7 +1,7 @@
 """The parts of benchmarks/anchors.py and benchmarks/generalization.py that read data and model cards, on
 tiny data and the shared exported run (the searches themselves are measured by the lead, not here), and
-benchmarks/detail.py, benchmarks/recipe.py and benchmarks/session_adapt.py end to end on a tiny
-cross-validated run."""
+benchmarks/detail.py, recipe.py, session_adapt.py, racing.py and selection.py end to end on tiny
+cross-validated runs."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import anchors  # noqa: E402
 import detail  # noqa: E402
 import generalization  # noqa: E402
+import racing  # noqa: E402
 import recipe  # noqa: E402
+import selection  # noqa: E402
 import session_adapt  # noqa: E402
 
 
@@ -186,3 +188,51 @@ def test_session_adapt_reproduces_the_card_as_shipped_and_leaves_the_models_as_t
 
     rates = sorted(layer.rate for layer in all_layers(model) if isinstance(layer, keras.layers.Dropout))
     assert rates == [0.1, 0.4]  # spatial dropout in the block, dropout in the head: both put back
+
+
+def test_racing_replay_and_selection_on_a_run_searched_without_racing(tmp_path, easy_data, finished_run,
+                                                                     monkeypatch, capsys):
+    exp = write_experiment(tmp_path / "e.toml", easy_data, objective={"recall_floor": 0.9, "folds": 3, "racing": False},
+                           budget={"max_trials": 4, "epochs": 1})
+    assert cli("search", exp, "--results", tmp_path / "res", "--run-id", "r").code == 0
+    run = tmp_path / "res" / "tiny" / "r"
+    monkeypatch.setattr(sys, "argv", ["racing.py", str(run)])
+    racing.main()
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"][0]
+    rows = out["rows"]
+    assert out["trials"] == len(rows) == 4 and rows[0]["incumbent"] is None
+    for i, row in enumerate(rows[1:], start=1):
+        earlier = rows[:i]
+        assert row["incumbent_objective"] == max(r["objective"] for r in earlier)  # the best finished before it
+        if row["objective"] != row["incumbent_objective"]:
+            assert row["beat_incumbent"] == (row["objective"] > row["incumbent_objective"])
+        assert row["raced_out"] == bool(row["why"]) and (not row["why"] or "raced out after 1 of 3 folds" in row["why"])
+    challengers = rows[1:]
+    assert out["stopped"] == sum(r["raced_out"] for r in challengers)
+    assert out["false_stops"] + out["went_on_and_won"] == sum(r["beat_incumbent"] for r in challengers)
+    assert out["stopped"] - out["false_stops"] + out["went_on_and_lost"] == sum(not r["beat_incumbent"] for r in challengers)
+    monkeypatch.setattr(sys, "argv", ["racing.py", str(finished_run)])
+    with pytest.raises(SystemExit, match="needs a cross-validated run searched without it"):
+        racing.main()
+
+    # selection: each complete trial's test figures are those `nas export --trial ID` would report
+    monkeypatch.setattr(sys, "argv", ["selection.py", str(run)])
+    selection.main()
+    picked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"][0]
+    assert [r["trial_id"] for r in picked["trials"]] == sorted(r["trial_id"] for r in rows)
+    best = max(picked["trials"], key=lambda r: r["objective"])
+    assert picked["objective"]["picks"] == best["trial_id"]
+    assert cli("export", run, "--trial", best["trial_id"]).code == 0
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    assert best["test_precision"] == pytest.approx(card["metrics"]["test"]["precision"], abs=1e-4)
+    assert best["test_recall"] == pytest.approx(card["metrics"]["test"]["recall"], abs=1e-4)
+
+
+def test_selection_judges_each_criterion_by_the_trial_it_picks():
+    rows = [{"trial_id": "a", "objective": 0.8, "pr_auc": 0.90, "test_precision": 0.7},
+            {"trial_id": "b", "objective": 0.9, "pr_auc": 0.80, "test_precision": 0.9},
+            {"trial_id": "c", "objective": 0.7, "pr_auc": 0.95, "test_precision": 0.6}]
+    verdict = selection.judge(rows)
+    assert verdict["objective"] == {"spearman": 1.0, "picks": "b", "its_test_precision": 0.9}
+    assert verdict["pr_auc"] == {"spearman": -1.0, "picks": "c", "its_test_precision": 0.6}
+    assert verdict["best_test_precision"] == 0.9
