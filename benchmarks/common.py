@@ -124,3 +124,23 @@ def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: in
     seconds = time.perf_counter() - start
     prob = training.predict_rows(model, store, plan.val_rows, tta=bool(augment.get("tta")))
     return {"prob": prob, "seconds": seconds, "params": int(model.count_params())}
+
+
+def at_threshold(y, prob, threshold: float) -> tuple[float, float]:
+    """Precision and recall of calling the frames whose probability reaches the threshold (precision 0 when
+    none is called)."""
+    called = prob >= threshold
+    hits = int((called & (y == 1)).sum())
+    return hits / max(int(called.sum()), 1), hits / max(int(y.sum()), 1)
+
+
+def each_run(runs, measure):
+    """(run, measure(run)) for each run folder; a NasError (a run that cannot be read) ends the script with its
+    one line."""
+    from nas.errors import NasError
+
+    for run in runs:
+        try:
+            yield run, measure(run)
+        except NasError as e:
+            raise SystemExit(str(e)) from None

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-import common  # noqa: F401  (quiets TensorFlow's start-up log)
+import common  # also quiets TensorFlow's start-up log
 import numpy as np
 
 
@@ -61,16 +61,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="cross-validated runs searched with objective.racing = false")
     args = ap.parse_args()
-    from nas.errors import NasError
-
     results = []
     print("| run | trial | out-of-fold objective | incumbent (objective) | racing after fold 0 | beat it |")
     print("|---|---|---|---|---|---|")
-    for run in args.runs:
-        try:
-            res = replay(run)
-        except NasError as e:
-            raise SystemExit(str(e)) from None
+    for run, res in common.each_run(args.runs, replay):
         results.append(res)
         for r in res["rows"]:
             inc = f"{r['incumbent']} ({r['incumbent_objective']:.3f})" if r["incumbent"] else "none (first)"

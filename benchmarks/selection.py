@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-import common  # noqa: F401  (quiets TensorFlow's start-up log)
+import common  # also quiets TensorFlow's start-up log
 import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score
@@ -48,12 +48,10 @@ def per_trial(run_path: Path) -> list[dict]:
         oof = np.load(opened.run.trial_dir(tid) / "oof_probs.npy")
         op = precision_at_recall(y, oof, exp.objective.recall_floor, exp.objective.recall_confidence, groups)
         prob = training.predict_rows(net, frames.stores[size], test, tta=bool(exp.augment.tta))
-        called = prob >= op.threshold
-        hits = int((called & (ty == 1)).sum())
+        precision, recall = common.at_threshold(ty, prob, op.threshold)
         out.append({"trial_id": tid, "size": size, "objective": round(float(rec.objective), 4),
                     "pr_auc": round(float(average_precision_score(y, oof)), 4),
-                    "test_precision": round(hits / max(int(called.sum()), 1), 4),
-                    "test_recall": round(hits / max(int(ty.sum()), 1), 4),
+                    "test_precision": round(precision, 4), "test_recall": round(recall, 4),
                     "test_pr_auc": round(float(average_precision_score(ty, prob)), 4)})
     if len(out) < 2:
         raise SystemExit(f"{run_path}: {len(out)} trial(s) finished every fold; a comparison needs two or more "
@@ -78,14 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="cross-validated runs (development data)")
     args = ap.parse_args()
-    from nas.errors import NasError
-
     results = []
-    for run in args.runs:
-        try:
-            rows = per_trial(run)
-        except NasError as e:
-            raise SystemExit(str(e)) from None
+    for run, rows in common.each_run(args.runs, per_trial):
         verdict = judge(rows)
         results.append({"run": str(run), "trials": rows, **verdict})
         print(f"\n{run}\n\n| trial | px | out-of-fold objective | out-of-fold PR-AUC | test precision | test recall | test PR-AUC |")

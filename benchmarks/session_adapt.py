@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-import common  # noqa: F401  (quiets TensorFlow's start-up log)
+import common  # also quiets TensorFlow's start-up log
 import numpy as np
 from sklearn.metrics import average_precision_score
 
@@ -103,12 +103,10 @@ def measure(run: Path) -> dict:
     for name in oof:
         prob, tprob = np.concatenate(oof[name]), np.mean(on_test[name], axis=0)
         op = precision_at_recall(y, prob, obj.recall_floor, obj.recall_confidence, groups)
-        called = tprob >= op.threshold
-        hits = int((called & (ty == 1)).sum())
+        precision, recall = common.at_threshold(ty, tprob, op.threshold)
         out["variants"][name] = {
             "oof_objective": round(op.precision, 4), "oof_pr_auc": round(float(average_precision_score(y, prob)), 4),
-            "threshold": round(op.threshold, 4), "test_precision": round(hits / max(int(called.sum()), 1), 4),
-            "test_recall": round(hits / max(int(ty.sum()), 1), 4),
+            "threshold": round(op.threshold, 4), "test_precision": round(precision, 4), "test_recall": round(recall, 4),
             "test_pr_auc": round(float(average_precision_score(ty, tprob)), 4)}
     return out
 
@@ -120,13 +118,7 @@ def main() -> None:
     results = []
     print("| run | variant | objective (out of fold) | PR-AUC (out of fold) | test precision | test recall | test PR-AUC |")
     print("|---|---|---|---|---|---|---|")
-    from nas.errors import NasError
-
-    for run in args.runs:
-        try:
-            res = measure(run)
-        except NasError as e:
-            raise SystemExit(str(e)) from None
+    for run, res in common.each_run(args.runs, measure):
         results.append(res)
         for name, f in res["variants"].items():
             print(f"| {run} | {name} | {f['oof_objective']:.4f} | {f['oof_pr_auc']:.4f} | {f['test_precision']:.3f} | "

@@ -18,6 +18,7 @@ import csv
 import json
 from pathlib import Path
 
+import common  # noqa: F401  (quiets TensorFlow's start-up log)
 import numpy as np
 
 DEFAULT_RULES = "plain,frames:0.9,sessions:0.7,sessions:0.8,sessions:0.9"
@@ -56,10 +57,8 @@ def rescore(run: Path, rules: list[str]) -> dict:
         if kind not in ("plain", "frames", "sessions") or (kind != "plain") != bool(conf):
             raise SystemExit(f"--rules {rule}: expected plain, frames:C or sessions:C (C a confidence in (0, 1))")
         op = precision_at_recall(y, prob, floor, float(conf or 0), groups if kind == "sessions" else None)
-        called = tprob >= op.threshold
-        hits = int((called & (ty == 1)).sum())
-        out["rules"][rule] = {"threshold": op.threshold, "test_precision": hits / called.sum() if called.any() else 0.0,
-                              "test_recall": hits / max(int(ty.sum()), 1), "note": op.note}
+        precision, recall = common.at_threshold(ty, tprob, op.threshold)
+        out["rules"][rule] = {"threshold": op.threshold, "test_precision": precision, "test_recall": recall, "note": op.note}
     return out
 
 
