@@ -59,16 +59,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def warm_start_values(space) -> dict:
-    """The space's first warm-start configuration, resolved (keys it leaves out take their defaults)."""
-    import keras_tuner
-
-    hp = keras_tuner.HyperParameters()
-    space.resolve(hp)
-    hp.values.update(space.warm_start[0])
-    return space.resolve(hp)
-
-
 def chosen_plans(frames, folds: str, run) -> list:
     """The folds a benchmark trains (`--folds 0,2`; empty: all) of a cross-validated run's frames."""
     if not frames.cv:
@@ -124,14 +114,6 @@ def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: in
     seconds = time.perf_counter() - start
     prob = training.predict_rows(model, store, plan.val_rows, tta=bool(augment.get("tta")))
     return {"prob": prob, "seconds": seconds, "params": int(model.count_params())}
-
-
-def at_threshold(y, prob, threshold: float) -> tuple[float, float]:
-    """Precision and recall of calling the frames whose probability reaches the threshold (precision 0 when
-    none is called)."""
-    called = prob >= threshold
-    hits = int((called & (y == 1)).sum())
-    return hits / max(int(called.sum()), 1), hits / max(int(y.sum()), 1)
 
 
 def each_run(runs, measure):

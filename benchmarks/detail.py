@@ -33,6 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from nas.errors import NasError
+    from nas.export.members import trial_values
     from nas.prepare import reopen_frames
     from nas.reopen import reopen
 
@@ -43,7 +44,7 @@ def main() -> None:
     big = args.size * args.fold_by
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=[args.size, big])
     plans = common.chosen_plans(frames, args.folds, args.run)
-    values = common.warm_start_values(opened.space)
+    values = trial_values(opened.space, opened.space.warm_start[0])  # every searched key set
     epochs = args.epochs or exp.budget.epochs
     policy = common.run_policy(opened)
     variants = {"resized": (args.size, 1), "folded": (big, args.fold_by)}

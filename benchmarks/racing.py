@@ -24,7 +24,7 @@ import numpy as np
 def replay(run_path: Path) -> dict:
     from nas.reopen import reopen
     from nas.runlog import read_trials
-    from nas.search.racing import incumbent, race
+    from nas.search.racing import race
     from nas.trial import rank_key
 
     opened = reopen(run_path)
@@ -40,9 +40,8 @@ def replay(run_path: Path) -> dict:
     rows = []
     for i, cand in enumerate(done):
         before = {t.trial_id: t for t in done[:i]}
-        best = incumbent(opened.run, before, total)
         first = np.load(opened.run.trial_dir(cand.trial_id) / "fold-0" / "val_probs.npy")
-        why = race(opened.run, before, frames, [first], exp.objective, seed=exp.search.seed) if best else ""
+        why = race(opened.run, before, frames, [first], exp.objective, seed=exp.search.seed)  # "": no incumbent yet
         leader = min(before.values(), key=rank_key) if before else None
         beat = leader is None or rank_key(cand) < rank_key(leader)
         rows.append({"trial_id": cand.trial_id, "objective": round(float(cand.objective), 4),

@@ -60,7 +60,7 @@ def pooled_figures(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, objectiv
     s = score(y, prob, objective, seed=seed, params=0, latency_ms=0.0, groups=groups, interval=False)
     plain = precision_at_recall(y, prob, objective.recall_floor)
     return {"objective": round(s.objective, 4), "recall": round(s.recall, 4), "threshold": round(s.threshold, 4),
-            "pr_auc": round(float(average_precision_score(y, prob)), 4), "plain_precision": round(plain.precision, 4)}
+            "pr_auc": round(s.pr_auc, 4), "plain_precision": round(plain.precision, 4)}
 
 
 def main() -> None:
@@ -76,6 +76,7 @@ def main() -> None:
         raise SystemExit("--variant: name at least one change to compare with the warm start")
 
     from nas.errors import NasError
+    from nas.export.members import trial_values
     from nas.prepare import reopen_frames
     from nas.reopen import reopen
 
@@ -83,7 +84,7 @@ def main() -> None:
     exp = opened.exp
     if not opened.space.warm_start:
         raise SystemExit(f"{opened.run.space}: this benchmark trains the space's first warm_start; it has none")
-    base = common.warm_start_values(opened.space)
+    base = trial_values(opened.space, opened.space.warm_start[0])  # every searched key set
     variants = {BASE: {}} | dict(parse_variant(v) for v in args.variant)
     if len(variants) != len(args.variant) + 1:
         raise SystemExit(f"--variant: names must differ from each other and from {BASE}")

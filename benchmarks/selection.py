@@ -21,13 +21,12 @@ from pathlib import Path
 import common  # also quiets TensorFlow's start-up log
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.metrics import average_precision_score
 
 
 def per_trial(run_path: Path) -> list[dict]:
     from nas import training
     from nas.export import members
-    from nas.objective import precision_at_recall
+    from nas.objective import classification_report, precision_at_recall
     from nas.reopen import reopen
     from nas.runlog import read_trials
 
@@ -48,11 +47,10 @@ def per_trial(run_path: Path) -> list[dict]:
         oof = np.load(opened.run.trial_dir(tid) / "oof_probs.npy")
         op = precision_at_recall(y, oof, exp.objective.recall_floor, exp.objective.recall_confidence, groups)
         prob = training.predict_rows(net, frames.stores[size], test, tta=bool(exp.augment.tta))
-        precision, recall = common.at_threshold(ty, prob, op.threshold)
+        test_figures = classification_report(ty, prob, op.threshold, exp.objective.recall_floor)  # as the card's
         out.append({"trial_id": tid, "size": size, "objective": round(float(rec.objective), 4),
-                    "pr_auc": round(float(average_precision_score(y, oof)), 4),
-                    "test_precision": round(precision, 4), "test_recall": round(recall, 4),
-                    "test_pr_auc": round(float(average_precision_score(ty, prob)), 4)})
+                    "pr_auc": round(float(rec.pr_auc), 4),  # of the same out-of-fold probabilities
+                    **{f"test_{k}": round(test_figures[k], 4) for k in ("precision", "recall", "pr_auc")}})
     if len(out) < 2:
         raise SystemExit(f"{run_path}: {len(out)} trial(s) finished every fold; a comparison needs two or more "
                          "(search with objective.racing = false)")

@@ -59,7 +59,7 @@ def by_session(model, store, rows: np.ndarray, groups: np.ndarray, tta: bool) ->
 def measure(run: Path) -> dict:
     from nas import training
     from nas.export import members as members_mod
-    from nas.objective import precision_at_recall
+    from nas.objective import classification_report, precision_at_recall
     from nas.reopen import reopen
 
     card_path = run / "export" / "model_card.json"
@@ -103,11 +103,11 @@ def measure(run: Path) -> dict:
     for name in oof:
         prob, tprob = np.concatenate(oof[name]), np.mean(on_test[name], axis=0)
         op = precision_at_recall(y, prob, obj.recall_floor, obj.recall_confidence, groups)
-        precision, recall = common.at_threshold(ty, tprob, op.threshold)
+        test_figures = classification_report(ty, tprob, op.threshold, obj.recall_floor)  # as the export reports them
         out["variants"][name] = {
             "oof_objective": round(op.precision, 4), "oof_pr_auc": round(float(average_precision_score(y, prob)), 4),
-            "threshold": round(op.threshold, 4), "test_precision": round(precision, 4), "test_recall": round(recall, 4),
-            "test_pr_auc": round(float(average_precision_score(ty, tprob)), 4)}
+            "threshold": round(op.threshold, 4),
+            **{f"test_{k}": round(test_figures[k], 4) for k in ("precision", "recall", "pr_auc")}}
     return out
 
 

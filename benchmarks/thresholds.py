@@ -18,7 +18,6 @@ import csv
 import json
 from pathlib import Path
 
-import common  # noqa: F401  (quiets TensorFlow's start-up log)
 import numpy as np
 
 DEFAULT_RULES = "plain,frames:0.9,sessions:0.7,sessions:0.8,sessions:0.9"
@@ -45,7 +44,7 @@ def test_frames(run: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rescore(run: Path, rules: list[str]) -> dict:
-    from nas.objective import precision_at_recall
+    from nas.objective import classification_report, precision_at_recall
 
     card = json.loads((run / "export" / "model_card.json").read_text())
     floor = card["recall_floor"]
@@ -57,8 +56,9 @@ def rescore(run: Path, rules: list[str]) -> dict:
         if kind not in ("plain", "frames", "sessions") or (kind != "plain") != bool(conf):
             raise SystemExit(f"--rules {rule}: expected plain, frames:C or sessions:C (C a confidence in (0, 1))")
         op = precision_at_recall(y, prob, floor, float(conf or 0), groups if kind == "sessions" else None)
-        precision, recall = common.at_threshold(ty, tprob, op.threshold)
-        out["rules"][rule] = {"threshold": op.threshold, "test_precision": precision, "test_recall": recall, "note": op.note}
+        test = classification_report(ty, tprob, op.threshold, floor)  # as the export reports the test split
+        out["rules"][rule] = {"threshold": op.threshold, "test_precision": test["precision"],
+                              "test_recall": test["recall"], "note": op.note}
     return out
 
 
