@@ -8,6 +8,10 @@ catalog, so every family has its own), run `nas search EXPERIMENT --data DIR` fo
              from the validation or out-of-fold probabilities, stated before the test split was read)
              contains it
   recall ok  test recall >= the recall floor minus --slack
+  new sessions  the export on --new-sessions K sessions of the family drawn afresh (another seed, 250 frames
+             each; the same K sessions whatever run is judged): pooled precision, recall, weighted F1 and
+             PR-AUC at the exported threshold, and how many of the K sessions keep the recall floor. A test
+             split of 1-2 sessions is one draw of what a new session does; K sessions show the spread.
 Families named by --held-out are summarised apart from the others: choose settings on the others, report on
 these. Each family's result is kept (OUT/<family>-seed<S>-n<N>-<PX>px/result.json) and reused when its data,
 the experiment file, the budget and the --set values are the same; --fresh reruns it. The searches' own
@@ -16,6 +20,7 @@ output goes to standard error; standard output carries the table and, as its las
     python benchmarks/generalization.py                                    # every family, 15 minutes each
     python benchmarks/generalization.py --families base,rare --held-out rare --budget-min 5
     python benchmarks/generalization.py --set search.tuner=random --out results/generalization-random
+    python benchmarks/generalization.py --families magnification --groups 16 --out results/sessions16
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from pathlib import Path
 from common import REPO, nas
 
 from nas.synthetic import FAMILIES
+
+NEW_SESSION_FRAMES = 250  # frames of each freshly drawn session (a family's own sessions hold 2000 / 8)
+NEW_SESSION_SEED = 1000  # fresh sessions of a family use its seed + this: never a searched family's seed
 
 
 def read_card(run: Path) -> dict:
@@ -89,7 +97,52 @@ def settings(args, name: str) -> dict:
     """What a kept result must match to be reused."""
     return {"family": name, "seed": family_seed(name, args.seed), "n": args.n, "size": args.size,
             "experiment": str(args.experiment), "experiment_sha256": experiment_digest(args.experiment),
-            "budget_s": args.budget_min * 60, "set": list(args.set or [])}
+            "budget_s": args.budget_min * 60, "set": list(args.set or []),
+            **({"groups": args.groups} if args.groups else {})}
+
+
+def family_folder(name: str, args) -> Path:
+    groups = f"-g{args.groups}" if args.groups else ""
+    return args.out / f"{name}-seed{family_seed(name, args.seed)}-n{args.n}-{args.size}px{groups}"
+
+
+def new_sessions_data(name: str, args) -> Path:
+    """K sessions of the family never drawn for any search (seed + NEW_SESSION_SEED), generated once."""
+    seed = family_seed(name, args.seed) + NEW_SESSION_SEED
+    data = args.out / f"{name}-new-sessions-seed{seed}-k{args.new_sessions}-{args.size}px"
+    if not (data / "labels.csv").is_file():
+        nas("demo-data", data, "--n", args.new_sessions * NEW_SESSION_FRAMES, "--size", args.size, "--seed", seed,
+            "--family", name, "--groups", args.new_sessions)
+    return data
+
+
+def on_new_sessions(run: Path, data: Path, floor: float) -> dict:
+    """The export as a user runs it (`nas predict EXPORT DATA`) on fresh sessions, at its own threshold:
+    pooled figures (the card's arithmetic) and each session's recall and precision."""
+    import numpy as np
+
+    from nas.objective import classification_report
+
+    preds = data / f"predictions-{run.parent.parent.parent.name}.csv"
+    nas("predict", run / "export", data, "--out", preds)
+    truth = {(data / r["path"]).resolve(): (r["label"] == "positive", r["group"]) for r in csv.DictReader(open(data / "labels.csv"))}
+    rows = [(truth[Path(r["path"]).resolve()], float(r["probability"])) for r in csv.DictReader(open(preds))]
+    y = np.array([t[0] for t, _ in rows], dtype=int)
+    groups = np.array([t[1] for t, _ in rows])
+    prob = np.array([p for _, p in rows])
+    threshold = json.loads((run / "export" / "model_card.json").read_text())["threshold"]
+    rep = classification_report(y, prob, threshold, floor)
+    sessions = {}
+    for g in np.unique(groups):
+        mine, called = groups == g, prob >= threshold
+        pos = int(y[mine].sum())
+        sessions[str(g)] = {"positives": pos, "recall": round(float(called[mine & (y == 1)].mean()), 4) if pos else None,
+                            "precision": round(float(y[mine & called].mean()), 4) if called[mine].any() else None}
+    recalls = [s["recall"] for s in sessions.values() if s["recall"] is not None]
+    return {"sessions": len(sessions), "n": rep["n"], "positives": rep["positives"], "precision": round(rep["precision"], 4),
+            "recall": round(rep["recall"], 4), "weighted_f1": round(rep["weighted_f1"], 4), "pr_auc": round(rep["pr_auc"], 4),
+            "sessions_keeping_floor": sum(r >= floor for r in recalls), "worst_session_recall": min(recalls, default=None),
+            "per_session": sessions, "predictions": str(preds)}
 
 
 def experiment_digest(path: Path) -> str:
@@ -110,7 +163,8 @@ def run_family(name: str, args, folder: Path) -> dict:
     """Data, search, export, figures for one family; a failure is recorded with its reason, not raised."""
     data, results, kept = folder / "data", folder / "results.partial", folder / "results"
     if not (data / "labels.csv").is_file():
-        nas("demo-data", data, "--n", args.n, "--size", args.size, "--seed", family_seed(name, args.seed), "--family", name)
+        nas("demo-data", data, "--n", args.n, "--size", args.size, "--seed", family_seed(name, args.seed), "--family", name,
+            *(("--groups", args.groups) if args.groups else ()))
     shutil.rmtree(results, ignore_errors=True)  # a kept result's run stays in place until this one is exported
     cmd = [sys.executable, "-m", "nas"]
     sets = [x for kv in (args.set or []) for x in ("--set", kv)]
@@ -161,6 +215,18 @@ def table(results: dict[str, dict], held_out: set[str], slack: float) -> str:
     return "\n".join(lines)
 
 
+def new_sessions_table(results: dict[str, dict], held_out: set[str]) -> str:
+    lines = ["| family | role | precision | recall | weighted F1 | PR-AUC | sessions keeping the floor | worst session's recall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        fresh = r.get("new_sessions")
+        if fresh:
+            lines.append(f"| {name} | {'held out' if name in held_out else 'development'} | {fresh['precision']:.3f} | "
+                         f"{fresh['recall']:.3f} | {fresh['weighted_f1']:.3f} | {fresh['pr_auc']:.3f} | "
+                         f"{fresh['sessions_keeping_floor']} of {fresh['sessions']} | {_fmt(fresh['worst_session_recall'])} |")
+    return "\n".join(lines)
+
+
 def summary(results: dict[str, dict]) -> dict:
     done = [r for r in results.values() if "error" not in r]
     if not done:
@@ -169,7 +235,18 @@ def summary(results: dict[str, dict]) -> dict:
     return {"families": len(results), "failed": len(results) - len(done),
             "mean_test_precision": round(sum(prec) / len(prec), 4), "worst_test_precision": round(min(prec), 4),
             "mean_test_recall": round(sum(r["test_recall"] for r in done) / len(done), 4),
-            "honest": sum(bool(r["honest"]) for r in done), "recall_ok": sum(r["recall_ok"] for r in done)}
+            "honest": sum(bool(r["honest"]) for r in done), "recall_ok": sum(r["recall_ok"] for r in done),
+            **_new_sessions_summary([r["new_sessions"] for r in done if r.get("new_sessions")])}
+
+
+def _new_sessions_summary(fresh: list[dict]) -> dict:
+    if not fresh:
+        return {}
+    return {"new_sessions": {"families": len(fresh), "mean_precision": round(sum(f["precision"] for f in fresh) / len(fresh), 4),
+                             "worst_precision": min(f["precision"] for f in fresh),
+                             "mean_recall": round(sum(f["recall"] for f in fresh) / len(fresh), 4),
+                             "sessions_keeping_floor": sum(f["sessions_keeping_floor"] for f in fresh),
+                             "sessions": sum(f["sessions"] for f in fresh)}}
 
 
 def parse_args() -> argparse.Namespace:
@@ -187,6 +264,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--slack", type=float, default=0.05, help="test recall may fall this far below the floor (default 0.05)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "generalization")
     ap.add_argument("--fresh", action="store_true", help="rerun families that have a result already")
+    ap.add_argument("--groups", type=int, default=0, help="sessions per family's data (default: the family's own; "
+                    "another count is its own folder, ...-g<G>)")
+    ap.add_argument("--new-sessions", type=int, default=8, help="judge each export on this many freshly drawn "
+                    "sessions of its family (default 8; 0: off)")
     args = ap.parse_args()
     args.families = [f for f in args.families.split(",") if f]
     args.held_out = {f for f in args.held_out.split(",") if f}
@@ -195,6 +276,10 @@ def parse_args() -> argparse.Namespace:
             raise SystemExit(f"{option}: unknown family {', '.join(sorted(names - set(FAMILIES)))}; expected some of {', '.join(FAMILIES)}")
     if args.held_out - set(args.families):
         raise SystemExit(f"--held-out: {', '.join(sorted(args.held_out - set(args.families)))} not among --families")
+    if args.groups and not 3 <= args.groups <= args.n // 20:
+        raise SystemExit(f"--groups {args.groups}: expected 3 to {args.n // 20} sessions (at least 20 frames each)")
+    if not 0 <= args.new_sessions <= 64:
+        raise SystemExit(f"--new-sessions {args.new_sessions}: expected 0 (off) to 64 sessions")
     if not args.experiment.is_file():
         raise SystemExit(f"--experiment {args.experiment}: file not found")
     args.experiment = args.experiment.resolve()
@@ -205,21 +290,31 @@ def main() -> None:
     args = parse_args()
     results = {}
     for name in args.families:
-        folder = args.out / f"{name}-seed{family_seed(name, args.seed)}-n{args.n}-{args.size}px"
+        folder = family_folder(name, args)
         kept = folder / "result.json"
         old = json.loads(kept.read_text()) if kept.is_file() else {}
         if not args.fresh and "error" not in old and old.get("settings") == settings(args, name):
             print(f"{name}: reusing {kept}", file=sys.stderr)
             run = next((folder / "results").glob("*/run"))
             results[name] = {**old, **judge(read_card(run), args.slack)}  # judged as this version reads a card
-            continue
-        print(f"{name}: searching for {args.budget_min:g} minutes", file=sys.stderr, flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        results[name] = run_family(name, args, folder)
-        kept.write_text(json.dumps(results[name], indent=1))
+        else:
+            print(f"{name}: searching for {args.budget_min:g} minutes", file=sys.stderr, flush=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            results[name] = run_family(name, args, folder)
+            kept.write_text(json.dumps(results[name], indent=1))
+        r = results[name]
+        if args.new_sessions and "error" not in r and (r.get("new_sessions") or {}).get("sessions") != args.new_sessions:
+            print(f"{name}: the export on {args.new_sessions} new sessions", file=sys.stderr, flush=True)
+            r["new_sessions"] = on_new_sessions(next((folder / "results").glob("*/run")), new_sessions_data(name, args),
+                                                r["recall_floor"])
+            kept.write_text(json.dumps(r, indent=1))
     print(f"\n{args.experiment.name}, {args.budget_min:g} minutes a family, {args.n} frames of {args.size} px; "
           "test figures at the exported threshold (chosen on validation or out-of-fold data)\n")
     print(table(results, args.held_out, args.slack))
+    if args.new_sessions:
+        print(f"\nThe same exports on {args.new_sessions} sessions of each family drawn afresh ({NEW_SESSION_FRAMES} frames "
+              "each), at the exported threshold\n")
+        print(new_sessions_table(results, args.held_out))
     groups = {"all": results, "development": {k: v for k, v in results.items() if k not in args.held_out},
               "held_out": {k: v for k, v in results.items() if k in args.held_out}}
     out = {"experiment": str(args.experiment), "budget_min": args.budget_min, "set": list(args.set or []), "n": args.n,

@@ -97,6 +97,47 @@ def all_layers(model):
             yield from all_layers(layer)
 
 
+MIXSTYLE_BLOCKS = 2  # mixed after the first two blocks, where features still describe contrast and texture
+MIXSTYLE_ALPHA = 0.1  # Beta(0.1, 0.1): most mixes lie near one frame or the other (the paper's value)
+
+
+@keras.saving.register_keras_serializable(package="stem_nas")
+class MixStyle(keras.layers.Layer):
+    """In training, with probability p per frame, replace each channel's mean and standard deviation over the
+    frame's map with a mix of its own and those of another frame in the batch (Zhou et al., "Domain
+    generalization with MixStyle", ICLR 2021); at inference the identity. Why: early feature statistics carry a
+    frame's style (dose, detector response, support texture), which differs between sessions while the label
+    does not; mixing them across a batch drawn from several sessions trains on styles between the sessions seen.
+    Statistics are computed in float32 whatever the policy and held constant in the gradient, as in the paper."""
+
+    def __init__(self, p: float = 0.5, alpha: float = MIXSTYLE_ALPHA, eps: float = 1e-6, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.p, self.alpha, self.eps, self.seed = float(p), float(alpha), float(eps), seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training or self.p <= 0:
+            return x
+        ops = keras.ops
+        xf = ops.cast(x, "float32")
+        mu = ops.stop_gradient(ops.mean(xf, axis=(1, 2), keepdims=True))
+        sig = ops.stop_gradient(ops.sqrt(ops.var(xf, axis=(1, 2), keepdims=True) + self.eps))
+        batch = ops.shape(xf)[0]
+        lam = keras.random.beta((batch, 1, 1, 1), self.alpha, self.alpha, seed=self.generator)
+        partner = keras.random.shuffle(ops.arange(batch), seed=self.generator)
+        mixed_mu = lam * mu + (1.0 - lam) * ops.take(mu, partner, axis=0)
+        mixed_sig = lam * sig + (1.0 - lam) * ops.take(sig, partner, axis=0)
+        chosen = keras.random.uniform((batch, 1, 1, 1), seed=self.generator) < self.p
+        out = ops.where(chosen, (xf - mu) / sig * mixed_sig + mixed_mu, xf)
+        return ops.cast(out, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p, "alpha": self.alpha, "eps": self.eps, "seed": self.seed}
+
+
 def _pool(x, kind: str):
     if kind == "none" or x.shape[1] is not None and x.shape[1] < 4:
         return x  # never pool a map below 2 px: deep stacks on small inputs stay valid
@@ -152,6 +193,8 @@ def build_network(v: dict[str, Any], image_size: int, momentum: float = BN_MOMEN
     for i in range(v["blocks.count"]):
         filters = max(1, int(round(v["blocks.filters"] * v["blocks.growth"] ** i)))
         x = _block(x, v, filters, momentum)
+        if i < MIXSTYLE_BLOCKS and v.get("blocks.mixstyle", 0.0) > 0:
+            x = MixStyle(v["blocks.mixstyle"])(x)
     pooling = v["head.pooling"]
     if pooling == "flatten":
         x = keras.layers.Flatten()(x)

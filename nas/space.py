@@ -57,6 +57,9 @@ SPACE_SCHEMA: dict[str, dict[str, Param]] = {
         "activation": Param(str, "relu", options=("relu", "gelu", "swish", "elu")),
         "pooling": Param(str, "max", options=("max", "avg", "none")),
         "dropout": Param(float, 0.0, low=0.0, high=0.9),
+        # training only: each frame's feature statistics after the first two blocks mixed with another frame's
+        # (MixStyle) with this probability; 0 off (see models.MixStyle)
+        "mixstyle": Param(float, 0.0, low=0.0, high=1.0),
     },
     "head": {
         "pooling": Param(str, "avg", options=("avg", "max", "flatten")),

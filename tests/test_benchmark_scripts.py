@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,48 @@ def test_generalization_reads_the_card_and_judges_honesty(exported_run):
     assert inside["honest"] is True and inside["recall_ok"] is True
     outside = generalization.judge({**fig, "test_precision": hi + 0.01, "test_recall": 0.84}, slack=0.05)
     assert outside["honest"] is False and outside["recall_ok"] is False
+
+
+def test_generalization_judges_an_export_on_freshly_drawn_sessions(tmp_path, exported_run):
+    """Fresh sessions of a family (the same frames however often drawn) go through `nas predict` at the
+    export's threshold; pooled recall is the session recalls weighted by their positives, and the figures
+    match the predictions file."""
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(out=tmp_path, seed=20, new_sessions=3, size=32)
+    data = generalization.new_sessions_data("base", args)
+    rows = list(csv.DictReader(open(data / "labels.csv")))
+    assert len(rows) == 3 * generalization.NEW_SESSION_FRAMES and len({r["group"] for r in rows}) == 3
+    again = generalization.new_sessions_data("base", SimpleNamespace(**{**vars(args), "out": tmp_path / "other"}))
+    assert (again / "labels.csv").read_text() == (data / "labels.csv").read_text()
+
+    fig = generalization.on_new_sessions(exported_run.parent, data, 0.9)
+    assert fig["sessions"] == 3 and fig["n"] == len(rows)
+    assert fig["positives"] == sum(r["label"] == "positive" for r in rows)
+    per = fig["per_session"].values()
+    assert sum(s["positives"] for s in per) == fig["positives"]
+    weighted = sum(s["recall"] * s["positives"] for s in per if s["positives"]) / fig["positives"]
+    assert fig["recall"] == pytest.approx(weighted, abs=1e-3)
+    assert fig["sessions_keeping_floor"] == sum(s["recall"] >= 0.9 for s in per if s["recall"] is not None)
+    threshold = json.loads((exported_run / "model_card.json").read_text())["threshold"]
+    preds = list(csv.DictReader(open(fig["predictions"])))
+    assert len(preds) == len(rows)
+    label = {(data / r["path"]).resolve(): r["label"] == "positive" for r in rows}
+    called = [label[Path(p["path"]).resolve()] for p in preds if float(p["probability"]) >= threshold]
+    assert all((p["decision"] == "1") == (float(p["probability"]) >= threshold) for p in preds)
+    assert fig["precision"] == pytest.approx(sum(called) / len(called) if called else 0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("option, expected", [
+    (["--groups", "2"], "--groups 2: expected 3 to 100 sessions (at least 20 frames each)"),
+    (["--new-sessions", "-1"], "--new-sessions -1: expected 0 (off) to 64 sessions"),
+])
+def test_generalization_refuses_bad_session_counts_in_one_line(option, expected):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generalization.py"), *option],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == expected
 
 
 def test_generalization_keeps_results_through_a_comment_edit_but_not_a_setting_change(tmp_path):

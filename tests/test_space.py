@@ -128,3 +128,38 @@ def test_group_normalization_uses_each_frames_own_statistics_at_any_width():
         if norm == "group":
             assert [layer.groups for layer in layers] == [6, 6, 3, 8]  # 12, 18, 27 and 40 channels
     assert change["group"] < 1e-5 and change["batch"] > 0.1, change
+
+
+def test_mixstyle_mixes_frames_statistics_in_training_only_after_the_first_two_blocks():
+    """In training each frame's per-channel mean and standard deviation move to a mix of its own and a
+    partner's, its normalized map is kept; at inference the layer is the identity; a space without the key
+    builds no such layer."""
+    import keras
+    import numpy as np
+
+    from nas.models import MixStyle
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(16, 8, 8, 3)) * rng.uniform(0.5, 5, (16, 1, 1, 3)) + rng.normal(0, 3, (16, 1, 1, 3))).astype(np.float32)
+    layer = MixStyle(1.0, seed=1)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    y = np.asarray(layer(x, training=True))
+    mu, sig = x.mean(axis=(1, 2)), x.std(axis=(1, 2))
+    ymu, ysig = y.mean(axis=(1, 2)), y.std(axis=(1, 2))
+    assert not np.allclose(ysig, sig, rtol=1e-2)  # the statistics moved ...
+    assert np.all(ysig >= sig.min() * 0.99) and np.all(ysig <= sig.max() * 1.01)  # ... to mixes of those in the batch
+    assert np.all(ymu >= mu.min() - 1e-3) and np.all(ymu <= mu.max() + 1e-3)
+    np.testing.assert_allclose((y - ymu[:, None, None]) / ysig[:, None, None],  # each frame's own map, restyled
+                               (x - mu[:, None, None]) / sig[:, None, None], atol=1e-3)
+    assert np.array_equal(np.asarray(MixStyle(0.0)(x, training=True)), x)
+
+    hp = keras_tuner.HyperParameters()
+    values = {**load_space(REPO / "search_spaces" / "small_cnn.yaml").resolve(hp), "blocks.count": 3}
+    assert not any(isinstance(layer, MixStyle) for layer in build_model(values, 32, 0.9).layers)
+    model = build_model({**values, "blocks.mixstyle": 0.5}, 32, 0.9)
+    mixes = [layer for layer in model.layers if isinstance(layer, MixStyle)]
+    assert len(mixes) == 2 and mixes[0].p == 0.5
+    restored = keras.Model.from_config(model.get_config())
+    assert sum(isinstance(layer, MixStyle) for layer in restored.layers) == 2
+    with pytest.raises(NasError, match="mixstyle"):
+        parse_space("name: s\nblocks:\n  mixstyle: 1.5\n", "bad.yaml")

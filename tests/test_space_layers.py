@@ -1,5 +1,6 @@
 """Spaces whose networks have layers beyond the default conv stack (pixels folded into channels by
-stem.space_to_depth; group normalization) search, export and serve raw frames."""
+stem.space_to_depth; group normalization; MixStyle, a layer of our own that only acts in training) search,
+export and serve raw frames: the SavedModel in a clean process, without this project, equals nas predict."""
 
 import json
 import subprocess
@@ -14,6 +15,7 @@ from .test_export import CLEAN_SERVE
 @pytest.mark.parametrize("edit, layer", [
     (("stem:\n", "stem:\n  space_to_depth: 2\n"), "space_to_depth"),
     (("normalization: {choice: [batch, none]}", "normalization: group"), "group_normalization"),
+    (("normalization: {choice: [batch, none]}", "normalization: batch\n  mixstyle: 0.5"), "mix_style"),
 ])
 def test_search_export_and_serve_a_space_with(tmp_path, tiny_data, edit, layer):
     space = tmp_path / "edited.yaml"
@@ -28,7 +30,7 @@ def test_search_export_and_serve_a_space_with(tmp_path, tiny_data, edit, layer):
     assert cli("export", run).code == 0
     import keras
 
-    from nas.models import all_layers
+    from nas.models import all_layers  # also registers the project's own layers (MixStyle) for loading
 
     exported = keras.saving.load_model(run / "export" / "model.keras", compile=False)
     names = [layer.name for layer in all_layers(exported)]
