@@ -145,6 +145,18 @@ def on_new_sessions(run: Path, data: Path, floor: float) -> dict:
             "per_session": sessions, "predictions": str(preds)}
 
 
+def sessions_inside(fresh: dict, fig: dict) -> dict:
+    """How many fresh sessions fall inside the 95% intervals the card predicted for a test split (precision,
+    recall): the test splits here are one session each, so each fresh session is one more draw of it."""
+    inside = {}
+    for figure in ("precision", "recall"):
+        interval = fig.get(f"expected_test_{figure}_95")
+        seen = [s[figure] for s in fresh["per_session"].values() if s[figure] is not None]
+        if interval:
+            inside[figure] = [sum(interval[0] <= x <= interval[1] for x in seen), len(seen)]
+    return inside
+
+
 def experiment_digest(path: Path) -> str:
     """What the experiment file says, not how: a comment edit must not throw away hours of kept results."""
     return hashlib.sha256(json.dumps(tomllib.loads(path.read_text()), sort_keys=True).encode()).hexdigest()
@@ -216,15 +228,22 @@ def table(results: dict[str, dict], held_out: set[str], slack: float) -> str:
 
 
 def new_sessions_table(results: dict[str, dict], held_out: set[str]) -> str:
-    lines = ["| family | role | precision | recall | weighted F1 | PR-AUC | sessions keeping the floor | worst session's recall |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | role | precision | recall | weighted F1 | PR-AUC | sessions keeping the floor | worst session's recall | "
+             "sessions inside the predicted test interval: precision, recall |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         fresh = r.get("new_sessions")
         if fresh:
             lines.append(f"| {name} | {'held out' if name in held_out else 'development'} | {fresh['precision']:.3f} | "
                          f"{fresh['recall']:.3f} | {fresh['weighted_f1']:.3f} | {fresh['pr_auc']:.3f} | "
-                         f"{fresh['sessions_keeping_floor']} of {fresh['sessions']} | {_fmt(fresh['worst_session_recall'])} |")
+                         f"{fresh['sessions_keeping_floor']} of {fresh['sessions']} | {_fmt(fresh['worst_session_recall'])} | "
+                         f"{_inside(fresh, 'precision')}, {_inside(fresh, 'recall')} |")
     return "\n".join(lines)
+
+
+def _inside(fresh: dict, figure: str) -> str:
+    got = (fresh.get("inside_predicted_interval") or {}).get(figure)
+    return f"{got[0]} of {got[1]}" if got else "-"
 
 
 def summary(results: dict[str, dict]) -> dict:
@@ -246,7 +265,10 @@ def _new_sessions_summary(fresh: list[dict]) -> dict:
                              "worst_precision": min(f["precision"] for f in fresh),
                              "mean_recall": round(sum(f["recall"] for f in fresh) / len(fresh), 4),
                              "sessions_keeping_floor": sum(f["sessions_keeping_floor"] for f in fresh),
-                             "sessions": sum(f["sessions"] for f in fresh)}}
+                             "sessions": sum(f["sessions"] for f in fresh),
+                             "inside_predicted_interval": {
+                                 k: [sum((f.get("inside_predicted_interval") or {}).get(k, [0, 0])[i] for f in fresh) for i in (0, 1)]
+                                 for k in ("precision", "recall")}}}
 
 
 def parse_args() -> argparse.Namespace:
@@ -308,6 +330,8 @@ def main() -> None:
             r["new_sessions"] = on_new_sessions(next((folder / "results").glob("*/run")), new_sessions_data(name, args),
                                                 r["recall_floor"])
             kept.write_text(json.dumps(r, indent=1))
+        if args.new_sessions and r.get("new_sessions"):
+            r["new_sessions"]["inside_predicted_interval"] = sessions_inside(r["new_sessions"], r)
     print(f"\n{args.experiment.name}, {args.budget_min:g} minutes a family, {args.n} frames of {args.size} px; "
           "test figures at the exported threshold (chosen on validation or out-of-fold data)\n")
     print(table(results, args.held_out, args.slack))

@@ -73,6 +73,12 @@ def test_generalization_judges_an_export_on_freshly_drawn_sessions(tmp_path, exp
     called = [label[Path(p["path"]).resolve()] for p in preds if float(p["probability"]) >= threshold]
     assert all((p["decision"] == "1") == (float(p["probability"]) >= threshold) for p in preds)
     assert fig["precision"] == pytest.approx(sum(called) / len(called) if called else 0.0, abs=1e-3)
+    inside = generalization.sessions_inside(fig, {"expected_test_precision_95": [0.0, 1.0],
+                                                  "expected_test_recall_95": [0.95, 1.0]})
+    with_calls = [s for s in per if s["precision"] is not None]
+    assert inside["precision"] == [len(with_calls), len(with_calls)]
+    assert inside["recall"] == [sum(s["recall"] >= 0.95 for s in per if s["recall"] is not None),
+                                sum(s["recall"] is not None for s in per)]
 
 
 @pytest.mark.parametrize("option, expected", [
