@@ -68,7 +68,15 @@ def read_card(run: Path) -> dict:
         "threshold_note": card.get("threshold_note"), "val_split": card.get("threshold_from", "val"),
         "expected_test_precision_95": (card.get("expected_on_test") or {}).get("precision"),
         "expected_test_recall_95": (card.get("expected_on_test") or {}).get("recall"),
+        "test_sessions": _test_sessions(run),
     }
+
+
+def _test_sessions(run: Path) -> int | None:
+    """Sessions (groups) in the run's test split; None when frames have no group."""
+    rows = list(csv.DictReader(open(run / "split.csv")))
+    groups = {r["group"] for r in rows if r["split"] == "test" and r.get("group")}
+    return len(groups) or None
 
 
 def _trial_log(log: Path, trial_id: str) -> tuple[dict, int]:
@@ -116,21 +124,49 @@ def new_sessions_data(name: str, args) -> Path:
     return data
 
 
-def on_new_sessions(run: Path, data: Path, floor: float) -> dict:
-    """The export as a user runs it (`nas predict EXPORT DATA`) on fresh sessions, at its own threshold:
-    pooled figures (the card's arithmetic) and each session's recall and precision."""
+def on_new_sessions(name: str, args, run: Path, fig: dict) -> dict:
+    """The family's export on its fresh sessions, at the exported threshold; a failure is recorded with its
+    reason and does not stop the other families."""
+    try:
+        data = new_sessions_data(name, args)
+        fresh = score_new_sessions(predictions_for(run, data), data, fig["threshold"], fig["recall_floor"])
+    except (SystemExit, RuntimeError, ValueError, KeyError, OSError) as exc:
+        return {"error": str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}
+    return {**fresh, "inside_predicted_interval": sessions_inside(fresh, fig)}
+
+
+def predictions_for(run: Path, data: Path) -> Path:
+    """`nas predict EXPORT DATA`, as a user runs it, once per export: the CSV is kept beside the data with the
+    export's model id, and redone when the export changes (a re-export, another winner)."""
+    from nas.classifier import model_id
+
+    preds = data / f"predictions-{run.parent.parent.parent.name}.csv"
+    stamp, current = preds.with_suffix(".model_id"), model_id(run / "export")
+    if not preds.is_file() or not stamp.is_file() or stamp.read_text().strip() != current:
+        nas("predict", run / "export", data, "--out", preds)
+        stamp.write_text(current + "\n")
+    return preds
+
+
+def score_new_sessions(preds: Path, data: Path, threshold: float, floor: float) -> dict:
+    """Pooled figures at the threshold (the card's arithmetic), each session's recall and precision, and the
+    precision at the floor had the threshold been chosen on these very sessions (what the model could do,
+    which no export can: it separates the model from its threshold). Rows `nas predict` could not read are
+    counted and left out."""
     import numpy as np
 
     from nas.objective import classification_report
 
-    preds = data / f"predictions-{run.parent.parent.parent.name}.csv"
-    nas("predict", run / "export", data, "--out", preds)
     truth = {(data / r["path"]).resolve(): (r["label"] == "positive", r["group"]) for r in csv.DictReader(open(data / "labels.csv"))}
-    rows = [(truth[Path(r["path"]).resolve()], float(r["probability"])) for r in csv.DictReader(open(preds))]
+    rows, unreadable = [], 0
+    for r in csv.DictReader(open(preds)):
+        if r.get("error") or not r["probability"]:
+            unreadable += 1
+        else:
+            rows.append((truth[Path(r["path"]).resolve()], float(r["probability"])))
     y = np.array([t[0] for t, _ in rows], dtype=int)
     groups = np.array([t[1] for t, _ in rows])
     prob = np.array([p for _, p in rows])
-    threshold = json.loads((run / "export" / "model_card.json").read_text())["threshold"]
     rep = classification_report(y, prob, threshold, floor)
     sessions = {}
     for g in np.unique(groups):
@@ -139,16 +175,21 @@ def on_new_sessions(run: Path, data: Path, floor: float) -> dict:
         sessions[str(g)] = {"positives": pos, "recall": round(float(called[mine & (y == 1)].mean()), 4) if pos else None,
                             "precision": round(float(y[mine & called].mean()), 4) if called[mine].any() else None}
     recalls = [s["recall"] for s in sessions.values() if s["recall"] is not None]
-    return {"sessions": len(sessions), "n": rep["n"], "positives": rep["positives"], "precision": round(rep["precision"], 4),
-            "recall": round(rep["recall"], 4), "weighted_f1": round(rep["weighted_f1"], 4), "pr_auc": round(rep["pr_auc"], 4),
+    return {"sessions": len(sessions), "n": rep["n"], "unreadable": unreadable, "positives": rep["positives"],
+            "precision": round(rep["precision"], 4), "recall": round(rep["recall"], 4),
+            "weighted_f1": round(rep["weighted_f1"], 4), "pr_auc": round(rep["pr_auc"], 4),
+            "precision_at_floor_chosen_on_them": round(rep["precision_at_floor"], 4),
             "sessions_keeping_floor": sum(r >= floor for r in recalls), "worst_session_recall": min(recalls, default=None),
             "per_session": sessions, "predictions": str(preds)}
 
 
 def sessions_inside(fresh: dict, fig: dict) -> dict:
-    """How many fresh sessions fall inside the 95% intervals the card predicted for a test split (precision,
-    recall): the test splits here are one session each, so each fresh session is one more draw of it."""
+    """How many fresh sessions fall inside the 95% intervals the card predicted for the test split (precision,
+    recall); only where the test split is one session, so that each fresh session is one more draw of it
+    (with --groups the test split may hold several smaller sessions, whose interval is another)."""
     inside = {}
+    if fig.get("test_sessions") != 1:
+        return inside
     for figure in ("precision", "recall"):
         interval = fig.get(f"expected_test_{figure}_95")
         seen = [s[figure] for s in fresh["per_session"].values() if s[figure] is not None]
@@ -228,14 +269,16 @@ def table(results: dict[str, dict], held_out: set[str], slack: float) -> str:
 
 
 def new_sessions_table(results: dict[str, dict], held_out: set[str]) -> str:
-    lines = ["| family | role | precision | recall | weighted F1 | PR-AUC | sessions keeping the floor | worst session's recall | "
-             "sessions inside the predicted test interval: precision, recall |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | role | precision | recall | weighted F1 | PR-AUC | precision at the floor, threshold chosen on them | "
+             "sessions keeping the floor | worst session's recall | sessions inside the predicted test interval: precision, recall |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        fresh = r.get("new_sessions")
-        if fresh:
-            lines.append(f"| {name} | {'held out' if name in held_out else 'development'} | {fresh['precision']:.3f} | "
-                         f"{fresh['recall']:.3f} | {fresh['weighted_f1']:.3f} | {fresh['pr_auc']:.3f} | "
+        fresh, role = r.get("new_sessions"), "held out" if name in held_out else "development"
+        if fresh and "error" in fresh:
+            lines.append(f"| {name} | {role} | failed: {fresh['error']} ||||||||")
+        elif fresh:
+            lines.append(f"| {name} | {role} | {fresh['precision']:.3f} | {fresh['recall']:.3f} | {fresh['weighted_f1']:.3f} | "
+                         f"{fresh['pr_auc']:.3f} | {fresh['precision_at_floor_chosen_on_them']:.3f} | "
                          f"{fresh['sessions_keeping_floor']} of {fresh['sessions']} | {_fmt(fresh['worst_session_recall'])} | "
                          f"{_inside(fresh, 'precision')}, {_inside(fresh, 'recall')} |")
     return "\n".join(lines)
@@ -255,7 +298,7 @@ def summary(results: dict[str, dict]) -> dict:
             "mean_test_precision": round(sum(prec) / len(prec), 4), "worst_test_precision": round(min(prec), 4),
             "mean_test_recall": round(sum(r["test_recall"] for r in done) / len(done), 4),
             "honest": sum(bool(r["honest"]) for r in done), "recall_ok": sum(r["recall_ok"] for r in done),
-            **_new_sessions_summary([r["new_sessions"] for r in done if r.get("new_sessions")])}
+            **_new_sessions_summary([r["new_sessions"] for r in done if r.get("new_sessions") and "error" not in r["new_sessions"]])}
 
 
 def _new_sessions_summary(fresh: list[dict]) -> dict:
@@ -286,7 +329,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--slack", type=float, default=0.05, help="test recall may fall this far below the floor (default 0.05)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "generalization")
     ap.add_argument("--fresh", action="store_true", help="rerun families that have a result already")
-    ap.add_argument("--groups", type=int, default=0, help="sessions per family's data (default: the family's own; "
+    ap.add_argument("--groups", type=int, default=None, help="sessions per family's data (default: the family's own; "
                     "another count is its own folder, ...-g<G>)")
     ap.add_argument("--new-sessions", type=int, default=8, help="judge each export on this many freshly drawn "
                     "sessions of its family (default 8; 0: off)")
@@ -298,8 +341,11 @@ def parse_args() -> argparse.Namespace:
             raise SystemExit(f"{option}: unknown family {', '.join(sorted(names - set(FAMILIES)))}; expected some of {', '.join(FAMILIES)}")
     if args.held_out - set(args.families):
         raise SystemExit(f"--held-out: {', '.join(sorted(args.held_out - set(args.families)))} not among --families")
-    if args.groups and not 3 <= args.groups <= args.n // 20:
-        raise SystemExit(f"--groups {args.groups}: expected 3 to {args.n // 20} sessions (at least 20 frames each)")
+    if args.groups is not None and args.n < 60:
+        raise SystemExit(f"--groups {args.groups}: --n {args.n} frames cannot make 3 sessions of at least 20; give --n 60 or more")
+    if args.groups is not None and not 3 <= args.groups <= args.n // 20:
+        raise SystemExit(f"--groups {args.groups}: expected 3 to {args.n // 20} sessions of at least 20 frames "
+                         f"(--n {args.n})")
     if not 0 <= args.new_sessions <= 64:
         raise SystemExit(f"--new-sessions {args.new_sessions}: expected 0 (off) to 64 sessions")
     if not args.experiment.is_file():
@@ -325,13 +371,11 @@ def main() -> None:
             results[name] = run_family(name, args, folder)
             kept.write_text(json.dumps(results[name], indent=1))
         r = results[name]
-        if args.new_sessions and "error" not in r and (r.get("new_sessions") or {}).get("sessions") != args.new_sessions:
+        r.pop("new_sessions", None)
+        if args.new_sessions and "error" not in r:
             print(f"{name}: the export on {args.new_sessions} new sessions", file=sys.stderr, flush=True)
-            r["new_sessions"] = on_new_sessions(next((folder / "results").glob("*/run")), new_sessions_data(name, args),
-                                                r["recall_floor"])
+            r["new_sessions"] = on_new_sessions(name, args, next((folder / "results").glob("*/run")), r)
             kept.write_text(json.dumps(r, indent=1))
-        if args.new_sessions and r.get("new_sessions"):
-            r["new_sessions"]["inside_predicted_interval"] = sessions_inside(r["new_sessions"], r)
     print(f"\n{args.experiment.name}, {args.budget_min:g} minutes a family, {args.n} frames of {args.size} px; "
           "test figures at the exported threshold (chosen on validation or out-of-fold data)\n")
     print(table(results, args.held_out, args.slack))
@@ -342,7 +386,7 @@ def main() -> None:
     groups = {"all": results, "development": {k: v for k, v in results.items() if k not in args.held_out},
               "held_out": {k: v for k, v in results.items() if k in args.held_out}}
     out = {"experiment": str(args.experiment), "budget_min": args.budget_min, "set": list(args.set or []), "n": args.n,
-           "size": args.size, "slack": args.slack,
+           "size": args.size, "slack": args.slack, "groups": args.groups or None, "new_sessions": args.new_sessions,
            "families": {k: {key: v for key, v in r.items() if key != "settings"} for k, r in results.items()},
            "summary": {k: summary(v) for k, v in groups.items() if v}}
     print(json.dumps(out))

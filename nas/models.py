@@ -145,7 +145,7 @@ def _pool(x, kind: str):
     return layer(2)(x)
 
 
-def _block(x, v: dict[str, Any], filters: int, momentum: float):
+def _block(x, v: dict[str, Any], filters: int, momentum: float, mixstyle: float = 0.0):
     kind, k, act, norm = v["blocks.type"], v["blocks.kernel_size"], v["blocks.activation"], v["blocks.normalization"]
     if kind == "separable":
         y = keras.layers.SeparableConv2D(filters, k, padding="same", use_bias=norm == "none")(x)
@@ -161,6 +161,8 @@ def _block(x, v: dict[str, Any], filters: int, momentum: float):
         y = keras.layers.Conv2D(filters, k, padding="same", use_bias=norm == "none")(x)
         y = keras.layers.Activation(act)(_norm(y, norm, momentum))
     y = _pool(y, v["blocks.pooling"])
+    if mixstyle > 0:  # before dropout: statistics of the whole map, never of channels dropout zeroed
+        y = MixStyle(mixstyle)(y)
     if v["blocks.dropout"] > 0:
         y = keras.layers.SpatialDropout2D(v["blocks.dropout"])(y)
     return y
@@ -192,9 +194,7 @@ def build_network(v: dict[str, Any], image_size: int, momentum: float = BN_MOMEN
         x = keras.layers.Activation(v["blocks.activation"])(_norm(x, v["blocks.normalization"], momentum))
     for i in range(v["blocks.count"]):
         filters = max(1, int(round(v["blocks.filters"] * v["blocks.growth"] ** i)))
-        x = _block(x, v, filters, momentum)
-        if i < MIXSTYLE_BLOCKS and v.get("blocks.mixstyle", 0.0) > 0:
-            x = MixStyle(v["blocks.mixstyle"])(x)
+        x = _block(x, v, filters, momentum, v.get("blocks.mixstyle", 0.0) if i < MIXSTYLE_BLOCKS else 0.0)
     pooling = v["head.pooling"]
     if pooling == "flatten":
         x = keras.layers.Flatten()(x)

@@ -156,10 +156,30 @@ def test_mixstyle_mixes_frames_statistics_in_training_only_after_the_first_two_b
     hp = keras_tuner.HyperParameters()
     values = {**load_space(REPO / "search_spaces" / "small_cnn.yaml").resolve(hp), "blocks.count": 3}
     assert not any(isinstance(layer, MixStyle) for layer in build_model(values, 32, 0.9).layers)
-    model = build_model({**values, "blocks.mixstyle": 0.5}, 32, 0.9)
+    model = build_model({**values, "blocks.mixstyle": 0.5, "blocks.dropout": 0.1}, 32, 0.9)
     mixes = [layer for layer in model.layers if isinstance(layer, MixStyle)]
     assert len(mixes) == 2 and mixes[0].p == 0.5
+    after = [model.layers[model.layers.index(m) + 1] for m in mixes]  # mixed before dropout zeroes channels
+    assert all(isinstance(layer, keras.layers.SpatialDropout2D) for layer in after), after
     restored = keras.Model.from_config(model.get_config())
     assert sum(isinstance(layer, MixStyle) for layer in restored.layers) == 2
     with pytest.raises(NasError, match="mixstyle"):
         parse_space("name: s\nblocks:\n  mixstyle: 1.5\n", "bad.yaml")
+
+
+def test_mixstyle_under_a_bfloat16_policy_returns_finite_bfloat16_and_is_the_identity_at_inference():
+    import keras
+    import numpy as np
+
+    from nas.models import MixStyle
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        layer = MixStyle(1.0, seed=2)
+        x = keras.ops.cast(np.random.default_rng(1).normal(3.0, 2.0, (8, 6, 6, 4)), "bfloat16")
+        y = layer(x, training=True)
+        assert keras.backend.standardize_dtype(y.dtype) == "bfloat16" and np.isfinite(np.asarray(keras.ops.cast(y, "float32"))).all()
+        assert np.array_equal(np.asarray(keras.ops.cast(layer(x, training=False), "float32")),
+                              np.asarray(keras.ops.cast(x, "float32")))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
