@@ -73,9 +73,11 @@ def read_card(run: Path) -> dict:
 
 
 def _test_sessions(run: Path) -> int | None:
-    """Sessions (groups) in the run's test split; None when frames have no group."""
-    rows = list(csv.DictReader(open(run / "split.csv")))
-    groups = {r["group"] for r in rows if r["split"] == "test" and r.get("group")}
+    """Sessions (groups) in the run's test split, read as the project reads split.csv; None when frames have no group."""
+    from nas.splits import read_split
+
+    records, splits, _ = read_split(run / "split.csv", positive="")  # labels do not matter here
+    groups = {r.group for r, split in zip(records, splits, strict=True) if split == "test" and r.group}
     return len(groups) or None
 
 

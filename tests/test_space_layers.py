@@ -28,9 +28,10 @@ def test_search_export_and_serve_a_space_with(tmp_path, tiny_data, edit, layer):
     assert res.code == 0, res.err
     run = tmp_path / "results" / "tiny" / "r1"
     assert cli("export", run).code == 0
+    # importing nas.models also registers the project's own layers (MixStyle) for loading
     import keras
 
-    from nas.models import all_layers  # also registers the project's own layers (MixStyle) for loading
+    from nas.models import all_layers
 
     exported = keras.saving.load_model(run / "export" / "model.keras", compile=False)
     names = [layer.name for layer in all_layers(exported)]
