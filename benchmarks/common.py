@@ -8,6 +8,7 @@ import os
 import resource
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -83,10 +84,14 @@ def run_policy(opened) -> str:
     return precision.choose(opened.exp.search.precision, opened.run.path, opened.exp.data.image_size)["policy"]
 
 
-def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: int, policy: str = "float32") -> dict:
+def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: int, policy: str = "float32",
+               average_from: int | None = None) -> dict:
     """One network trained on a fold's training frames as a trial trains it (the experiment's [augment] with the
     space's augment.* overrides, class weights, batch size, the cosine schedule over `epochs`, the arithmetic
-    `policy`) and its probabilities on the fold's held-out frames: {"prob", "seconds", "params"}."""
+    `policy`) and its probabilities on the fold's held-out frames: {"prob", "seconds", "params"}. With
+    `average_from`, also "prob_avg": the same training's weights averaged over the ends of epochs average_from..
+    epochs-1 (stochastic weight averaging, Izmailov et al. 2018), batch-norm statistics then re-estimated on one
+    pass over the training batches (the averaged weights' own activations)."""
     import time
 
     import keras
@@ -109,11 +114,54 @@ def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: in
         return data_mod.epoch_batches(store, labels, plan.train_rows, batch, epoch=epoch, shuffle=True, seed=seed,
                                       augment=augment, full=True)
 
+    averager = weight_average(average_from) if average_from is not None else None
     start = time.perf_counter()
-    training.fit_epochs(model, batches, None, epochs=epochs, class_weight=weights)
+    training.fit_epochs(model, batches, None, epochs=epochs, class_weight=weights, callbacks=[averager] if averager else [])
     seconds = time.perf_counter() - start
-    prob = training.predict_rows(model, store, plan.val_rows, tta=bool(augment.get("tta")))
-    return {"prob": prob, "seconds": seconds, "params": int(model.count_params())}
+    fit = {"prob": training.predict_rows(model, store, plan.val_rows, tta=bool(augment.get("tta"))),
+           "seconds": seconds, "params": int(model.count_params())}
+    if averager is not None:
+        averager.apply(model, batches(epochs))
+        fit["prob_avg"] = training.predict_rows(model, store, plan.val_rows, tta=bool(augment.get("tta")))
+    return fit
+
+
+def weight_average(first: int):
+    """A callback keeping the running mean of a model's weights at the ends of epochs from `first` on (every
+    weight, batch-norm statistics too); its `apply(model, batches)` puts the mean in the model and re-estimates
+    the batch-norm statistics on those batches. Keras is imported here, after this module quiets TensorFlow."""
+    import keras
+
+    from nas.models import all_layers
+
+    class WeightAverage(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.count, self.total = 0, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch >= first:
+                weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
+                self.total = weights if self.total is None else [t + w for t, w in zip(self.total, weights, strict=True)]
+                self.count += 1
+
+        def apply(self, model, batches) -> None:
+            if not self.count:
+                raise SystemExit(f"weight averaging from epoch {first}: no epoch reached it")
+            current = model.get_weights()
+            model.set_weights([(t / self.count).astype(w.dtype) for t, w in zip(self.total, current, strict=True)])
+            norms = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+            momenta = [layer.momentum for layer in norms]
+            try:
+                for k, (x, _) in enumerate(batches):
+                    for layer in norms:
+                        layer.momentum = k / (k + 1)  # a plain mean over the pass's batches
+                    model(x, training=True)
+            finally:
+                for layer, momentum in zip(norms, momenta, strict=True):
+                    layer.momentum = momentum
+
+    return WeightAverage()
 
 
 def each_run(runs, measure):

@@ -36,6 +36,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import yaml
 from common import REPO, nas
 
 from nas.synthetic import FAMILIES
@@ -107,6 +108,7 @@ def settings(args, name: str) -> dict:
     """What a kept result must match to be reused."""
     return {"family": name, "seed": family_seed(name, args.seed), "n": args.n, "size": args.size,
             "experiment": str(args.experiment), "experiment_sha256": experiment_digest(args.experiment),
+            "space_sha256": space_digest(args),
             "budget_s": args.budget_min * 60, "set": list(args.set or []),
             **({"groups": args.groups} if args.groups else {})}
 
@@ -203,6 +205,18 @@ def sessions_inside(fresh: dict, fig: dict) -> dict:
 def experiment_digest(path: Path) -> str:
     """What the experiment file says, not how: a comment edit must not throw away hours of kept results."""
     return hashlib.sha256(json.dumps(tomllib.loads(path.read_text()), sort_keys=True).encode()).hexdigest()
+
+
+def space_digest(args) -> str:
+    """What the search space says (the experiment's, or `--set search.space=...`): a new space is a new search,
+    even where the experiment file is unchanged. Comments aside, as for the experiment."""
+    chosen = [v.partition("=")[2] for v in args.set or [] if v.partition("=")[0] == "search.space"]
+    space = Path(chosen[-1] if chosen else tomllib.loads(args.experiment.read_text())["search"]["space"])
+    try:
+        values = yaml.safe_load(space.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"{space}: the search space cannot be read ({exc})") from None
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 def family_seed(name: str, base: int) -> int:

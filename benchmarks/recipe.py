@@ -15,6 +15,10 @@ warm start and its time ratio. Development data only: choosing a recipe on held-
         --variant group:blocks.normalization=group --variant layer:blocks.normalization=layer
     python benchmarks/recipe.py --run RUN --variant wide:blocks.filters=24,head.dense=32 --variant 48px:input.image_size=48 \
         --folds 0,1 --epochs 10
+
+With `--average-last F`, each variant is also scored as `NAME+avg`: the same training's weights averaged over
+the ends of its last F of epochs (stochastic weight averaging), batch-norm statistics re-estimated on one pass
+over the training batches; the row costs no second training.
 """
 
 from __future__ import annotations
@@ -71,9 +75,13 @@ def main() -> None:
     ap.add_argument("--folds", default="", help="comma-separated fold indices (default: every fold)")
     ap.add_argument("--epochs", type=int, default=0, help="epochs per fold (default: the run's budget.epochs)")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--average-last", type=float, default=0.0, metavar="F",
+                    help="also score each variant's weights averaged over its last F of epochs (0 < F <= 1; default off)")
     args = ap.parse_args()
     if not args.variant:
         raise SystemExit("--variant: name at least one change to compare with the warm start")
+    if not 0.0 <= args.average_last <= 1.0:
+        raise SystemExit(f"--average-last {args.average_last}: expected a fraction of the epochs in (0, 1]")
 
     from nas.errors import NasError
     from nas.export.members import trial_values
@@ -93,31 +101,40 @@ def main() -> None:
     plans = common.chosen_plans(frames, args.folds, args.run)
     policy = common.run_policy(opened)
     epochs = args.epochs or exp.budget.epochs
-    rows, probs, seconds = [], {name: [] for name in variants}, {}
+    average_from = epochs - max(1, round(args.average_last * epochs)) if args.average_last else None
+    scored = [(name, name) for name in variants]  # (label, variant) of each scored row: a variant, then its average
+    if average_from is not None:
+        scored = [row for name in variants for row in ((name, name), (f"{name}+avg", name))]
+    rows, probs, seconds = [], {label: [] for label, _ in scored}, {}
     for plan in plans:
         y = frames.labels[plan.val_rows]
         for name, changes in variants.items():
             try:
-                fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs, args.seed, policy)
+                fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs, args.seed, policy,
+                                        average_from)
             except NasError as e:
                 raise SystemExit(str(e)) from None
-            probs[name].append(fit["prob"])
-            pr_auc = float(average_precision_score(y, fit["prob"]))
-            rows.append({"fold": plan.index, "variant": name, "pr_auc": round(pr_auc, 4),
-                         "seconds": round(fit["seconds"], 2), "params": fit["params"]})
-            seconds.setdefault(name, []).append(fit["seconds"])
-            print(f"fold {plan.index}  {name:12s} PR-AUC {pr_auc:.4f}  {fit['seconds']:.1f} s  {fit['params']} parameters",
-                  flush=True)
+            for label, prob in ((name, fit["prob"]), (f"{name}+avg", fit.get("prob_avg"))):
+                if prob is None:
+                    continue
+                probs[label].append(prob)
+                pr_auc = float(average_precision_score(y, prob))
+                rows.append({"fold": plan.index, "variant": label, "pr_auc": round(pr_auc, 4),
+                             "seconds": round(fit["seconds"], 2), "params": fit["params"]})
+                seconds.setdefault(label, []).append(fit["seconds"])
+                print(f"fold {plan.index}  {label:12s} PR-AUC {pr_auc:.4f}  {fit['seconds']:.1f} s  {fit['params']} parameters",
+                      flush=True)
     val_rows = np.concatenate([p.val_rows for p in plans])
     y, groups = frames.labels[val_rows], frames.groups[val_rows]
     summary = {"run": str(args.run), "epochs": epochs, "folds": [p.index for p in plans], "seed": args.seed, "policy": policy,
                "recall_floor": exp.objective.recall_floor, "recall_confidence": exp.objective.recall_confidence,
-               "variants": {}, "rows": rows}
-    for name, changes in variants.items():
-        fig = pooled_figures(y, np.concatenate(probs[name]), groups, exp.objective, args.seed)  # as the search does
-        summary["variants"][name] = {"changes": changes, "size": size_of[name], **fig,
-                                     "seconds": round(float(np.mean(seconds[name])), 2),
-                                     "params": next(r["params"] for r in rows if r["variant"] == name)}
+               "average_from_epoch": average_from, "variants": {}, "rows": rows}
+    for label, name in scored:
+        fig = pooled_figures(y, np.concatenate(probs[label]), groups, exp.objective, args.seed)  # as the search does
+        summary["variants"][label] = {"changes": variants[name], "size": size_of[name], **fig,
+                                      "averaged": label != name,
+                                      "seconds": round(float(np.mean(seconds[label])), 2),
+                                      "params": next(r["params"] for r in rows if r["variant"] == label)}
     print(f"\n| variant | objective (out of fold) | recall | PR-AUC | precision, plain rule | s a fold | vs {BASE} |")
     print("|---|---|---|---|---|---|---|")
     ref = summary["variants"][BASE]

@@ -230,6 +230,52 @@ def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monk
         recipe.main()
 
 
+def test_recipe_scores_weights_averaged_over_the_last_epochs_from_the_same_training(cv_run, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "wider:blocks.filters=6",
+                                      "--average-last", "0.5", "--epochs", "2", "--folds", "0,1"])
+    recipe.main()
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    labels = ["warm-start", "warm-start+avg", "wider", "wider+avg"]
+    assert [(r["fold"], r["variant"]) for r in out["rows"]] == [(k, name) for k in (0, 1) for name in labels]
+    assert out["average_from_epoch"] == 1
+    for name in ("warm-start", "wider"):
+        plain, averaged = out["variants"][name], out["variants"][f"{name}+avg"]
+        assert (plain["averaged"], averaged["averaged"]) == (False, True)
+        assert averaged["changes"] == plain["changes"] and averaged["seconds"] == plain["seconds"]  # one training
+        assert 0 <= averaged["objective"] <= averaged["plain_precision"] + 1e-9
+    monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "w:blocks.filters=6",
+                                      "--average-last", "1.5"])
+    with pytest.raises(SystemExit, match="--average-last 1.5: expected a fraction"):
+        recipe.main()
+
+
+def test_weight_average_is_the_mean_of_epoch_ends_with_batch_norm_re_estimated():
+    """Weights from the chosen epochs on are averaged (the earlier ones left out), and batch norm's statistics
+    are then those of the averaged network's own activations on the given batches, not the mean of the saved ones."""
+    import common
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()])
+    averager = common.weight_average(first=1)
+    averager.set_model(model)
+    kernels = []
+    for epoch in range(3):
+        weights = [np.full_like(w, epoch + 1.0) for w in model.get_weights()]
+        model.set_weights(weights)
+        kernels.append(weights[0])
+        averager.on_epoch_end(epoch)
+    x = [np.random.default_rng(k).normal(size=(8, 3)).astype("float32") for k in range(3)]
+    averager.apply(model, [(b, None) for b in x])
+    kernel, bias = model.layers[0].get_weights()
+    np.testing.assert_allclose(kernel, (kernels[1] + kernels[2]) / 2)  # epochs 1 and 2 only: 2.5
+    dense = np.concatenate([b @ kernel + bias for b in x])
+    batch_means = np.mean([(b @ kernel + bias).mean(axis=0) for b in x], axis=0)
+    np.testing.assert_allclose(model.layers[1].moving_mean.numpy(), batch_means, rtol=1e-5)
+    assert not np.allclose(model.layers[1].moving_mean.numpy(), 2.5)  # re-estimated, not the saved mean
+    assert model.layers[1].momentum == pytest.approx(0.99) and dense.shape == (24, 2)
+
+
 def test_session_adapt_reproduces_the_card_as_shipped_and_leaves_the_models_as_they_were(cv_run, monkeypatch, capsys):
     assert cli("export", cv_run).code == 0
     monkeypatch.setattr(sys, "argv", ["session_adapt.py", str(cv_run)])
