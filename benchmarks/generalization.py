@@ -36,7 +36,6 @@ import time
 import tomllib
 from pathlib import Path
 
-import yaml
 from common import REPO, nas
 
 from nas.synthetic import FAMILIES
@@ -208,15 +207,16 @@ def experiment_digest(path: Path) -> str:
 
 
 def space_digest(args) -> str:
-    """What the search space says (the experiment's, or `--set search.space=...`): a new space is a new search,
-    even where the experiment file is unchanged. Comments aside, as for the experiment."""
+    """What the search space means (the experiment's, or `--set search.space=...`): its fingerprint, the one
+    resume checks, so a new space is a new search even where the experiment file is unchanged."""
+    from nas.errors import NasError
+    from nas.space import load_space
+
     chosen = [v.partition("=")[2] for v in args.set or [] if v.partition("=")[0] == "search.space"]
-    space = Path(chosen[-1] if chosen else tomllib.loads(args.experiment.read_text())["search"]["space"])
     try:
-        values = yaml.safe_load(space.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SystemExit(f"{space}: the search space cannot be read ({exc})") from None
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+        return load_space(chosen[-1] if chosen else tomllib.loads(args.experiment.read_text())["search"]["space"]).fingerprint
+    except NasError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def family_seed(name: str, base: int) -> int:
