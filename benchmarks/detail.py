@@ -33,9 +33,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from nas.errors import NasError
-    from nas.export.members import trial_values
     from nas.prepare import reopen_frames
     from nas.reopen import reopen
+    from nas.space import trial_values
 
     opened = reopen(args.run)
     exp = opened.exp

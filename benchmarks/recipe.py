@@ -84,9 +84,9 @@ def main() -> None:
         raise SystemExit(f"--average-last {args.average_last}: expected a fraction of the epochs in (0, 1]")
 
     from nas.errors import NasError
-    from nas.export.members import trial_values
     from nas.prepare import reopen_frames
     from nas.reopen import reopen
+    from nas.space import trial_values
 
     opened = reopen(args.run)
     exp = opened.exp

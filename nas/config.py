@@ -122,6 +122,9 @@ class SearchConfig:
     bayesian_initial_points: int = key(2, _positive)
     precision: str = key("float32", _one_of(PRECISIONS), "arithmetic of training: float32, mixed_bfloat16, or auto "
                          "(bfloat16 where the processor has native units and a short probe shows it faster)")
+    cost_aware: bool = key(False, help="propose by expected improvement per predicted second (Gaussian process, "
+                           "search.tuner bayesian), and never a trial predicted not to finish its folds before the "
+                           "time budget ends (bayesian or random); see nas/search/costs.py")
     checkpoint_every_s: float = key(0.0, _nonneg, "write the running trial's epoch checkpoint at most this often "
                                     "(seconds; 0: after every epoch); a stop or the deadline always writes one")
 

@@ -13,6 +13,8 @@ import importlib
 import json
 from typing import Any
 
+import numpy as np
+
 from nas.errors import NasError
 
 # (module, attribute, what we use it for); all private to KerasTuner
@@ -39,6 +41,8 @@ def check() -> None:
             missing.append(f"{module} ({why})")
     oracle = keras_tuner.oracles.RandomSearchOracle(objective=keras_tuner.Objective("score", "max"), max_trials=1)
     missing += [f"Oracle.{a} (re-queueing a dead worker's trial)" for a in ORACLE_ATTRIBUTES if not hasattr(oracle, a)]
+    bayes = keras_tuner.oracles.BayesianOptimizationOracle(objective=keras_tuner.Objective("score", "max"), max_trials=1)
+    missing += [f"BayesianOptimizationOracle.{a} (search.cost_aware)" for a in BAYESIAN_ATTRIBUTES if not hasattr(bayes, a)]
     if missing:
         raise NasError(f"keras-tuner {keras_tuner.__version__} lacks what stem-nas relies on: {'; '.join(missing)}. "
                        "Install the pinned version: pip install keras-tuner==1.4.8")
@@ -84,6 +88,31 @@ def is_duplicate(oracle, values: dict) -> bool:
 def random_untried(oracle) -> dict | None:
     """Random values not tried yet (None after KerasTuner's collision limit)."""
     return oracle._random_values()
+
+
+BAYESIAN_ATTRIBUTES = ("gpr", "num_initial_points", "_vectorize_trials", "_vector_to_values", "_get_hp_bounds",
+                       "_random_state")
+
+
+def gaussian_process(oracle):
+    """The Bayesian oracle's Gaussian process fitted to every trial so far (KerasTuner's own vectors: each
+    value mapped into [0, 1]; scores negated, lower is better; running trials as pessimistic guesses), and
+    the bounds of that unit box. None when nothing has finished yet."""
+    x, y = oracle._vectorize_trials()
+    if not len(y):
+        return None, None
+    oracle.gpr.fit(np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(y, posinf=0, neginf=0))
+    return oracle.gpr, oracle._get_hp_bounds()
+
+
+def unit_candidates(oracle, bounds, n: int):
+    """n points drawn uniformly in the oracle's unit box, from its own seeded random state."""
+    return oracle._random_state.uniform(bounds[:, 0], bounds[:, 1], size=(n, bounds.shape[0]))
+
+
+def vector_to_values(oracle, vector) -> dict:
+    """The hyperparameter values a point of the unit box stands for."""
+    return oracle._vector_to_values(vector)
 
 
 def oracle_servicer(oracle) -> tuple[Any, Any]:

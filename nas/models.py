@@ -211,6 +211,37 @@ def build_network(v: dict[str, Any], image_size: int, momentum: float = BN_MOMEN
     return keras.Model(inputs, outputs, name="haadf_classifier")
 
 
+def network_macs(v: dict[str, Any], image_size: int) -> int:
+    """Multiply-adds of one frame's forward pass through build_network(v, image_size), counted from the
+    values without building anything (a proposal's cost is judged for thousands of candidates; a build
+    takes tens of milliseconds). Convolutions and dense layers only; tests pin it to the built layers."""
+    s, c = image_size, 1
+    if (k := v.get("stem.space_to_depth", 1)) > 1:
+        s, c = s // k, k * k
+    macs = 0
+    if v["stem.filters"] > 0:
+        s = -(-s // v["stem.strides"])  # 'same' padding
+        macs += s * s * v["stem.kernel_size"] ** 2 * c * v["stem.filters"]
+        c = v["stem.filters"]
+    k2 = v["blocks.kernel_size"] ** 2
+    for i in range(v["blocks.count"]):
+        f = max(1, int(round(v["blocks.filters"] * v["blocks.growth"] ** i)))
+        if v["blocks.type"] == "separable":
+            macs += s * s * (k2 * c + c * f)
+        elif v["blocks.type"] == "residual":
+            macs += s * s * (k2 * c * f + k2 * f * f + (c * f if c != f else 0))
+        else:
+            macs += s * s * k2 * c * f
+        c = f
+        if v["blocks.pooling"] != "none" and s >= 4:  # _pool
+            s //= 2
+    if v["head.pooling"] == "flatten":
+        c *= s * s
+    if v["head.dense"] > 0:
+        macs, c = macs + c * v["head.dense"], v["head.dense"]
+    return int(macs + c)
+
+
 def make_optimizer(v: dict[str, Any], decay_steps: int = 0) -> keras.optimizers.Optimizer:
     """The optimizer; with schedule cosine (and a known trial length) its rate decays to 0 by the last step,
     which settles batch-norm networks whose validation score swings at a constant rate."""

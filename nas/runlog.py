@@ -224,7 +224,7 @@ def repair_log(log: Path) -> int:
     return len(data) - len(keep)
 
 
-_TRIAL_EVENTS = {Event.TRIAL_STARTED, Event.EPOCH, Event.FOLD_FINISHED, Event.TRIAL_FINISHED, Event.TRIAL_FAILED,
+_TRIAL_EVENTS = {Event.TRIAL_PROPOSED, Event.TRIAL_STARTED, Event.EPOCH, Event.FOLD_FINISHED, Event.TRIAL_FINISHED, Event.TRIAL_FAILED,
                  Event.TRIAL_INTERRUPTED}
 
 
@@ -245,6 +245,10 @@ def read_trials(log: Path) -> dict[str, TrialRecord]:
 
 def _fold(rec: TrialRecord, kind: Event, ev: dict[str, Any]) -> TrialRecord:
     """One event applied to a trial's record."""
+    if kind is Event.TRIAL_PROPOSED:
+        proposed = from_fields(TrialRecord, {"trial_id": rec.trial_id, "predicted_seconds": ev.get("predicted_seconds"),
+                                             "proposed_by": ev.get("proposed_by", "")})
+        return rec.replace(predicted_seconds=proposed.predicted_seconds, proposed_by=proposed.proposed_by)
     if kind is Event.TRIAL_STARTED:
         started = from_fields(TrialRecord, {"trial_id": rec.trial_id, "hyperparameters": ev.get("hyperparameters", {}),
                                             "fidelity": ev.get("fidelity", {}), "started": ev.get("time")})
@@ -260,7 +264,8 @@ def _fold(rec: TrialRecord, kind: Event, ev: dict[str, Any]) -> TrialRecord:
     if kind is Event.TRIAL_FINISHED:
         fields = {**ev, "status": TrialStatus.FINISHED, "trial_id": rec.trial_id}
         fields.setdefault("hyperparameters", rec.hyperparameters)
-        return from_fields(TrialRecord, fields).replace(epochs=rec.epochs, folds=rec.folds, started=rec.started)
+        return from_fields(TrialRecord, fields).replace(epochs=rec.epochs, folds=rec.folds, started=rec.started,
+                                                        predicted_seconds=rec.predicted_seconds, proposed_by=rec.proposed_by)
     if kind is Event.TRIAL_FAILED:
         failed = from_fields(TrialRecord, {"trial_id": rec.trial_id, "reason": ev.get("reason", ""), "seconds": ev.get("seconds")})
         return rec.replace(status=TrialStatus.FAILED, reason=failed.reason, seconds=failed.seconds)

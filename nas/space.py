@@ -324,3 +324,16 @@ def load_space(path: str | Path) -> SearchSpace:
     if not path.is_file():
         raise NasError(f"{path}: search-space file not found")
     return parse_space(path.read_text(), str(path))
+
+
+def trial_values(space: SearchSpace, searched: dict) -> dict:
+    """A trial's full configuration: the space's constants plus the trial's searched values."""
+    values = {}
+    for name, dim in space.dimensions.items():
+        if not dim.searched:
+            values[name] = dim.constant
+        elif name in searched:
+            values[name] = searched[name]
+        else:
+            raise NasError(f"trial has no value for {name}; was the space changed after the search?")
+    return values

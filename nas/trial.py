@@ -34,6 +34,7 @@ class Event(StrEnum):
     """Every kind of line in trials.jsonl."""
 
     SEARCH_STARTED = "search_started"
+    TRIAL_PROPOSED = "trial_proposed"
     TRIAL_STARTED = "trial_started"
     EPOCH = "epoch"
     FOLD_FINISHED = "fold_finished"
@@ -99,6 +100,8 @@ class TrialRecord:
     pid: int | None = None
     tuner_id: str = ""
     started: float | None = None
+    predicted_seconds: float | None = None  # search.cost_aware: what its proposal expected the trial to take
+    proposed_by: str = ""
     time: float | None = None
     epochs: tuple[dict[str, Any], ...] = ()
     folds: tuple[FoldResult, ...] = ()
@@ -123,7 +126,7 @@ class TrialRecord:
 
     def outcome_fields(self) -> dict[str, Any]:
         """What a trial_finished event carries: every field but the ones folded from other events."""
-        skip = {"status", "epochs", "folds", "started", "time"}
+        skip = {"status", "epochs", "folds", "started", "time", "predicted_seconds", "proposed_by"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     def replace(self, **changes: Any) -> TrialRecord:

@@ -1,7 +1,7 @@
 """The parts of benchmarks/anchors.py and benchmarks/generalization.py that read data and model cards, on
 tiny data and the shared exported run (the searches themselves are measured by the lead, not here), and
 benchmarks/detail.py, recipe.py, session_adapt.py, racing.py and selection.py end to end on tiny
-cross-validated runs."""
+cross-validated runs; costs.py on the shared finished run."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .conftest import REPO, cli, write_experiment
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import anchors  # noqa: E402
+import costs as costs_bench  # noqa: E402
 import detail  # noqa: E402
 import generalization  # noqa: E402
 import racing  # noqa: E402
@@ -359,3 +360,24 @@ def test_selection_judges_each_criterion_by_the_trial_it_picks():
     assert verdict["objective"] == {"spearman": 1.0, "picks": "b", "its_test_precision": 0.9}
     assert verdict["pr_auc"] == {"spearman": -1.0, "picks": "c", "its_test_precision": 0.6}
     assert verdict["best_test_precision"] == 0.9
+
+
+def test_costs_replay_predicts_each_trial_from_the_ones_before_it(finished_run, monkeypatch, capsys):
+    from nas.reopen import reopen
+    from nas.runlog import read_trials
+    from nas.search import costs
+
+    monkeypatch.setattr(sys, "argv", ["costs.py", str(finished_run)])
+    costs_bench.main()
+    lines = capsys.readouterr().out.strip().splitlines()
+    out = json.loads(lines[-1])
+    opened = reopen(finished_run)
+    first, second = sorted(read_trials(opened.run.trials_log).values(), key=lambda t: t.time)
+    (w1, per1), (w2, per2) = costs.timed([first, second], opened.space, 32)
+    epochs = second.seconds / per2
+    (row,) = out["runs"][0]["rows"]  # the first trial has nothing before it to be predicted from
+    assert row["trial_id"] == second.trial_id and out["trials"] == 1
+    assert row["cost_blind"] == pytest.approx(per1 * epochs, abs=0.06)
+    assert row["cost_model"] == pytest.approx(per1 / costs.fit([]).relative(w1) * costs.fit([]).relative(w2) * epochs, abs=0.06)
+    assert out["cost_model_median_error"] == pytest.approx(abs(row["cost_model"] / row["seconds"] - 1), abs=2e-3)
+    assert lines[0].startswith("| run | trials predicted |")

@@ -12,7 +12,7 @@ import numpy as np
 from nas.errors import NasError
 from nas.reopen import OpenRun
 from nas.runlog import RunDir, read_trials
-from nas.space import SearchSpace
+from nas.space import trial_values
 from nas.trial import TrialRecord, rank_key
 
 WEIGHTS = "best.weights.h5"
@@ -69,19 +69,6 @@ def image_size(opened: OpenRun, members: list[Member]) -> int:
         raise NasError(f"the trials {', '.join(m.trial_id for m in members)} use different input sizes "
                        f"({', '.join(map(str, sorted(sizes)))}); an ensemble needs one size")
     return sizes.pop()
-
-
-def trial_values(space: SearchSpace, searched: dict) -> dict:
-    """A trial's full configuration: the space's constants plus the trial's searched values."""
-    values = {}
-    for name, dim in space.dimensions.items():
-        if not dim.searched:
-            values[name] = dim.constant
-        elif name in searched:
-            values[name] = searched[name]
-        else:
-            raise NasError(f"trial has no value for {name}; was the space changed after the search?")
-    return values
 
 
 def architecture(opened: OpenRun, rec: TrialRecord, size: int, *, compiled: bool, frames: np.ndarray | None = None,

@@ -2,7 +2,8 @@
 
 - `lifecycle`: start, resume, join as a worker; the loop that says how a search ended.
 - `chief`: serve the oracle to workers.
-- `oracles`: the oracle named by search.tuner (warm starts first) and the space as a HyperModel.
+- `oracles`: the oracle named by search.tuner (warm starts first; cost-aware proposals) and the space as a HyperModel.
+- `costs`: what a proposal will cost (its network's arithmetic and pixels, weighed by the run's timed trials).
 - `tuner`: the KerasTuner tuner; `run_trial` plans, trains each fold, races, scores and records a trial.
 - `fold`: one fold of a trial: restore or build, train, keep weights, predict its val frames.
 - `limits`, `racing`, `scoring`: constraints, the race against the incumbent, the trial's exact objective.

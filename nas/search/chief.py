@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from nas import distributed
 from nas.runlog import RunDir
+from nas.search.oracles import stop_reason
 from nas.search.tuner import NasTuner
 from nas.trial import Event
 
@@ -34,5 +35,5 @@ def serve_as_chief(make_tuner: Callable[[], NasTuner], address: tuple[str, int],
 
     distributed.serve(tuner.oracle, host, port, local, on_requeue=lost)
     (run.path / distributed.CHIEF_FILE).unlink(missing_ok=True)
-    log.emit(Event.SEARCH_ENDED, reason="budget of trials reached")
+    log.emit(Event.SEARCH_ENDED, reason=stop_reason(tuner.oracle) or "budget of trials reached")
     return run

@@ -19,7 +19,7 @@ from nas.reopen import OpenRun, reopen
 from nas.runlog import EventLog, RunDir, atomic_write_text, create_run, repair_log, run_lock
 from nas.search.changes import refuse_changes
 from nas.search.interrupt import Interrupt, Reason
-from nas.search.oracles import make_hypermodel, make_oracle
+from nas.search.oracles import CostContext, make_hypermodel, make_oracle, stop_reason
 from nas.search.tuner import NasTuner
 from nas.space import load_space
 from nas.trial import Event
@@ -106,7 +106,9 @@ def _tuner(opened: OpenRun, frames: RunFrames, log: EventLog, deadline: float | 
     _quiet()
     precision.apply(precision.choose(opened.exp.search.precision, opened.run.path, opened.exp.data.image_size)["policy"])
     exp, space = opened.exp, opened.space
-    oracle = make_oracle(exp.search, exp.budget, space)
+    cost = CostContext(trials=log.trials, emit=log.emit, deadline=deadline, epochs=exp.budget.epochs,
+                       folds=len(frames.plans()) if frames.cv else 1, image_size=exp.data.image_size)
+    oracle = make_oracle(exp.search, exp.budget, space, cost)
     hypermodel = make_hypermodel(exp, space, n_train=len(frames.plans()[0].train_rows))
     with contextlib.redirect_stdout(io.StringIO()):
         tuner = NasTuner(oracle, hypermodel, opened.run, exp, frames, log, deadline, stop_after=stop_after)
@@ -173,6 +175,6 @@ def _loop(tuner: NasTuner, log: EventLog, run: RunDir, exp: Experiment) -> RunDi
         ) from None
     finally:
         precision.apply(precision.FLOAT32)  # the process goes on (tests, notebooks): leave the default behind
-    log.emit(Event.SEARCH_ENDED, reason=reason)
+    log.emit(Event.SEARCH_ENDED, reason=stop_reason(tuner.oracle) or reason)
     return run
 

@@ -3,7 +3,12 @@ starts first), and the space as a KerasTuner HyperModel."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import keras_tuner
+import numpy as np
 from keras_tuner.engine.trial import TrialStatus as KTStatus
 
 from nas import ktadapter
@@ -11,7 +16,9 @@ from nas.automodel import AutoKerasHyperModel
 from nas.config import BudgetConfig, Experiment, SearchConfig
 from nas.errors import NasError
 from nas.models import SpaceHyperModel
+from nas.search import costs
 from nas.space import SearchSpace
+from nas.trial import Event, TrialRecord
 
 OBJECTIVE = keras_tuner.Objective("score", direction="max")
 
@@ -29,8 +36,21 @@ def make_hypermodel(exp: Experiment, space: SearchSpace, n_train: int = 0):
     return SpaceHyperModel(space, size, floor)
 
 
-def make_oracle(search: SearchConfig, budget: BudgetConfig, space: SearchSpace):
-    """The proposal algorithm named by search.tuner."""
+@dataclass(frozen=True)
+class CostContext:
+    """What cost-aware proposals read: the run's trials so far (their times), where events go, the deadline,
+    and what one trial trains (epochs a fold, folds; 1 without cross-validation) at which default size."""
+
+    trials: Callable[[], dict[str, TrialRecord]]
+    emit: Callable[..., None]
+    deadline: float | None
+    epochs: int
+    folds: int
+    image_size: int
+
+
+def make_oracle(search: SearchConfig, budget: BudgetConfig, space: SearchSpace, cost: CostContext | None = None):
+    """The proposal algorithm named by search.tuner (cost-aware with search.cost_aware and a CostContext)."""
     common = dict(objective=OBJECTIVE, seed=search.seed + 1,  # KerasTuner reads seed 0 as "no seed"
                   max_consecutive_failed_trials=search.max_consecutive_failures)
     tuner = search.tuner
@@ -56,6 +76,11 @@ def make_oracle(search: SearchConfig, budget: BudgetConfig, space: SearchSpace):
     else:
         raise NasError(f"search.tuner = {tuner!r}: unknown tuner")
     oracle.verbose = 0
+    if search.cost_aware:
+        if tuner not in ("random", "bayesian"):
+            raise NasError(f"search.cost_aware = true works with search.tuner random or bayesian, not {tuner}")
+        if cost is not None:
+            oracle = cost_aware(oracle, space, cost)
     return oracle
 
 
@@ -77,6 +102,15 @@ def untried(oracle):
     return oracle
 
 
+def pending_warm_start(oracle, space: SearchSpace) -> dict | None:
+    """The first of the space's warm starts not tried yet, or None."""
+    tried = [t.hyperparameters.values for t in oracle.trials.values()]
+    for start in space.warm_start:
+        if not any(all(v.get(k) == x for k, x in start.items()) for v in tried):
+            return dict(start)
+    return None
+
+
 def warm_started(oracle, space: SearchSpace):
     """Propose the space's warm_start configurations first, each once (a resumed search skips those already
     tried), then hand over to the oracle's own algorithm, which counts them as its first observations."""
@@ -85,11 +119,109 @@ def warm_started(oracle, space: SearchSpace):
     propose = oracle.populate_space
 
     def populate_space(trial_id):
-        tried = [t.hyperparameters.values for t in oracle.trials.values()]
-        for start in space.warm_start:
-            if not any(all(v.get(k) == x for k, x in start.items()) for v in tried):
-                return {"status": KTStatus.RUNNING, "values": dict(start)}
-        return propose(trial_id)
+        start = pending_warm_start(oracle, space)
+        return {"status": KTStatus.RUNNING, "values": start} if start else propose(trial_id)
 
     oracle.populate_space = populate_space
     return oracle
+
+
+CANDIDATES = 2048  # points of the unit box the acquisition is judged on (KerasTuner's own optimizer: 50 restarts)
+RANDOM_TRIES = 256  # random untried proposals drawn for one that fits the time left
+
+
+def cost_aware(oracle, space: SearchSpace, ctx: CostContext):
+    """Proposals that weigh what a trial costs (`search.cost_aware`).
+
+    - Past the initial points, the Gaussian process's proposal is the candidate with the highest expected
+      improvement per predicted second (Snoek, Larochelle and Adams, NeurIPS 2012), not KerasTuner's upper
+      confidence bound: a 48 px trial that costs a third of a 64 px residual one need promise only a third
+      as much. The cost is `nas.search.costs`: the network's multiply-adds and pixels, scaled by the run's
+      timed trials.
+    - Any proposal (warm starts, random points, the process's) predicted not to finish all its folds before
+      the deadline is replaced: by the next-best candidate that fits, or a random untried one that fits. When
+      none fits, the search ends there (`stop_reason`) instead of starting a trial the budget cuts short;
+      `nas resume` with more time goes on. Each proposal is logged (`trial_proposed`: predicted seconds, and
+      which rule proposed it)."""
+    propose = oracle.populate_space
+    bayesian = isinstance(oracle, keras_tuner.oracles.BayesianOptimizationOracle)
+
+    def populate_space(trial_id):
+        model = costs.fit(costs.timed(ctx.trials().values(), space, ctx.image_size))
+        left = None if ctx.deadline is None else ctx.deadline - time.time()
+
+        def seconds(values: dict) -> float | None:
+            per_epoch = model.seconds_per_epoch(costs.work(space, values, ctx.image_size))
+            return None if per_epoch is None else per_epoch * ctx.epochs * ctx.folds
+
+        def fits(values: dict) -> bool:
+            need = seconds(values)
+            return left is None or need is None or need <= left
+
+        done = sum(t.status == KTStatus.COMPLETED for t in oracle.trials.values())
+        start = pending_warm_start(oracle, space)
+        if bayesian and done >= oracle.num_initial_points and start is None:
+            values, how = per_second(oracle, space, model, ctx, fits)
+        else:
+            proposal = propose(trial_id)
+            if proposal.get("status") != KTStatus.RUNNING:
+                return proposal
+            values, how = proposal["values"], "warm start" if start else "initial point" if bayesian else "random"
+            if not fits(values):
+                values, how = random_fitting(oracle, fits), "random point that fits the time left"
+        if values is None:
+            oracle.cost_stop = (f"no proposal predicted to finish its {ctx.folds * ctx.epochs} epochs in the "
+                                f"{max(left or 0, 0):.0f} s left")
+            return {"status": KTStatus.STOPPED, "values": None}
+        need = seconds(values)
+        ctx.emit(Event.TRIAL_PROPOSED, trial_id=trial_id, proposed_by=how,
+                 predicted_seconds=None if need is None else round(need, 1))
+        return {"status": KTStatus.RUNNING, "values": values}
+
+    oracle.populate_space = populate_space
+    return oracle
+
+
+def stop_reason(oracle) -> str:
+    """Why a cost-aware oracle ended the search ('' if it did not)."""
+    return getattr(oracle, "cost_stop", "")
+
+
+def expected_improvement(mu: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
+    """E[max(best - f, 0)] for f ~ N(mu, sd): the improvement on the lowest value seen (KerasTuner's
+    Gaussian process models the negated score)."""
+    from scipy.stats import norm
+
+    sd = np.maximum(sd, 1e-12)
+    z = (best - mu) / sd
+    return (best - mu) * norm.cdf(z) + sd * norm.pdf(z)
+
+
+def per_second(oracle, space: SearchSpace, model: costs.CostModel, ctx: CostContext, fits) -> tuple[dict | None, str]:
+    """The untried candidate with the highest expected improvement per predicted second that fits the time
+    left; ties (no improvement expected anywhere) go to the lowest predicted value."""
+    gp, bounds = ktadapter.gaussian_process(oracle)
+    if gp is None:
+        return random_fitting(oracle, fits), "random point that fits the time left"
+    points = ktadapter.unit_candidates(oracle, bounds, CANDIDATES)
+    mu, sd = gp.predict(points, return_std=True)
+    scores = [t.score for t in oracle.trials.values() if t.status == KTStatus.COMPLETED and t.score is not None]
+    best = -max(scores) if scores else float(np.min(mu))
+    values = [ktadapter.vector_to_values(oracle, p) for p in points]
+    cost = np.array([model.relative(costs.work(space, v, ctx.image_size)) for v in values])
+    rate = expected_improvement(np.ravel(mu), np.ravel(sd), best) / cost
+    for i in np.lexsort((np.ravel(mu), -rate)):
+        if not ktadapter.is_duplicate(oracle, values[i]) and fits(values[i]):
+            return values[i], "expected improvement per second"
+    return None, ""
+
+
+def random_fitting(oracle, fits) -> dict | None:
+    """A random untried proposal that fits the time left, or None after RANDOM_TRIES draws."""
+    for _ in range(RANDOM_TRIES):
+        values = ktadapter.random_untried(oracle)
+        if values is None:
+            return None
+        if fits(values):
+            return values
+    return None

@@ -1,0 +1,227 @@
+"""Cost-aware proposals (`search.cost_aware`): the arithmetic a proposal is priced by, the cost model fitted
+to a run's timed trials, the Gaussian process's choice per predicted second, the deadline no proposal may
+overrun, and `nas search` end to end."""
+
+import keras_tuner
+import numpy as np
+import pytest
+
+from nas.runlog import read_events, read_trials
+from nas.search import costs
+from nas.search.oracles import CostContext, cost_aware, expected_improvement, stop_reason
+from nas.space import load_space, parse_space, trial_values
+from nas.trial import FoldResult, TrialRecord, TrialStatus
+
+from .conftest import REPO, cli, write_experiment
+
+
+def counted_macs(model) -> int:
+    """Multiply-adds read off the built layers' shapes."""
+    import keras
+
+    from nas.models import all_layers
+
+    total = 0
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            (_, h, w, _), cin = layer.output.shape, layer.input.shape[-1]
+            total += h * w * (int(np.prod(layer.kernel_size)) * cin + cin * layer.filters)
+        elif isinstance(layer, keras.layers.Conv2D):
+            (_, h, w, _), cin = layer.output.shape, layer.input.shape[-1]
+            total += h * w * int(np.prod(layer.kernel_size)) * cin * layer.filters
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return total
+
+
+HAADF = load_space(REPO / "search_spaces" / "haadf.yaml")
+WARM = trial_values(HAADF, {**HAADF.warm_start[1]})
+
+
+@pytest.mark.parametrize("change", [
+    {},
+    {"blocks.type": "residual", "input.image_size": 48},
+    {"blocks.type": "residual", "blocks.count": 5, "blocks.growth": 1.5, "blocks.filters": 12, "head.dense": 32},
+    {"blocks.type": "separable", "blocks.pooling": "none", "blocks.count": 3},
+    {"stem.filters": 8, "stem.kernel_size": 5, "stem.strides": 2, "head.pooling": "flatten"},
+    {"stem.space_to_depth": 2, "blocks.count": 5, "blocks.pooling": "avg"},
+    {"blocks.count": 7, "input.image_size": 32},  # pooling stops below 4 px
+])
+def test_network_macs_counts_what_the_built_network_computes(change):
+    from nas.models import build_network, network_macs
+
+    values = {**WARM, **change}
+    size = values["input.image_size"]
+    assert network_macs(values, size) == counted_macs(build_network(values, size))
+
+
+def work(size, kind="conv"):
+    return costs.work(HAADF, {**HAADF.warm_start[1], "input.image_size": size, "blocks.type": kind}, 64)
+
+
+def timed_record(tid, size, kind, seconds, epochs=2, folds=3):
+    return TrialRecord(trial_id=tid, status=TrialStatus.FINISHED, objective=0.5, seconds=seconds,
+                       hyperparameters={**HAADF.warm_start[1], "input.image_size": size, "blocks.type": kind},
+                       folds=tuple(FoldResult(fold=k, objective=0.5, epochs_run=epochs) for k in range(folds)))
+
+
+def test_the_cost_model_is_the_prior_until_trials_are_timed_then_fitted_to_them():
+    a, b = 2e-8, 5e-5  # seconds per multiply-add and per pixel, per epoch: another machine than the prior's
+    truth = {(s, k): a * work(s, k).macs + b * work(s, k).pixels for s in (48, 64) for k in ("conv", "residual")}
+    none = costs.fit([])
+    assert none.per_mac is None and none.seconds_per_epoch(work(64)) is None
+    assert none.relative(work(64, "residual")) / none.relative(work(64)) == pytest.approx(2.5, rel=0.01)  # the measured prior
+
+    records = [timed_record("000", 64, "conv", truth[64, "conv"] * 6)]
+    one = costs.fit(costs.timed(records, HAADF, 64))
+    assert one.per_pixel_macs == costs.PIXEL_MACS  # one timing: the prior's ratio, the run's own scale
+    assert one.seconds_per_epoch(work(64)) == pytest.approx(truth[64, "conv"])
+
+    records.append(timed_record("001", 48, "residual", truth[48, "residual"] * 6))
+    both = costs.fit(costs.timed(records, HAADF, 64))
+    for key, seconds in truth.items():
+        assert both.seconds_per_epoch(work(*key)) == pytest.approx(seconds, rel=1e-6)
+    unusable = [timed_record("002", 64, "conv", 0.0), timed_record("003", 64, "conv", 9.0, epochs=0),
+                timed_record("004", 64, "conv", 9.0).replace(status=TrialStatus.FAILED)]
+    assert costs.timed(unusable, HAADF, 64) == []
+
+
+def test_expected_improvement_is_the_closed_form_mean_of_the_gain():
+    rng = np.random.default_rng(0)
+    for mu, sd in ((0.0, 1.0), (0.4, 0.2), (-0.3, 0.05)):
+        draws = rng.normal(mu, sd, 400_000)
+        assert expected_improvement(np.array([mu]), np.array([sd]), 0.1)[0] == pytest.approx(
+            np.maximum(0.1 - draws, 0).mean(), abs=3e-3)
+
+
+SPACE = parse_space("""
+name: priced
+input:
+  image_size: {choice: [32, 64]}
+stem:
+  filters: 0
+blocks:
+  type: {choice: [conv, residual]}
+  count: 3
+  filters: {choice: [8, 16]}
+  growth: 2.0
+  kernel_size: 3
+  normalization: batch
+  activation: relu
+  pooling: max
+  dropout: 0.0
+head:
+  pooling: avg
+  dense: 0
+  dropout: 0.0
+optimizer:
+  name: adam
+  learning_rate: {float: [1.0e-3, 1.0e-2], sampling: log}
+""", "priced.yaml")
+
+
+class Run:
+    """A Bayesian oracle over SPACE with trials finished by hand, and the log records cost_aware reads."""
+
+    def __init__(self, tmp_path, deadline=None, initial=2):
+        from nas.search.oracles import OBJECTIVE
+
+        self.oracle = keras_tuner.oracles.BayesianOptimizationOracle(objective=OBJECTIVE, max_trials=50,
+                                                                     num_initial_points=initial, seed=3)
+        self.oracle._set_project_dir(str(tmp_path), "search")
+        self.oracle.verbose = 0
+        hp = keras_tuner.HyperParameters()
+        SPACE.resolve(hp)  # what the tuner's first build declares
+        self.oracle.hyperparameters = hp
+        self.records, self.events = {}, []
+        self.ctx = CostContext(trials=lambda: dict(self.records), emit=lambda kind, **f: self.events.append((kind, f)),
+                               deadline=deadline, epochs=10, folds=3, image_size=32)
+        cost_aware(self.oracle, SPACE, self.ctx)
+
+    def end(self, trial, score):
+        self.oracle.update_trial(trial.trial_id, {"score": score})
+        trial.status = "COMPLETED"
+        self.oracle.end_trial(trial)
+
+    def finish(self, values, score, seconds_per_epoch):
+        trial = self.oracle.create_trial("tuner0")
+        trial.hyperparameters.values.update(values)
+        self.end(trial, score)
+        self.records[trial.trial_id] = TrialRecord(
+            trial_id=trial.trial_id, status=TrialStatus.FINISHED, objective=score, seconds=seconds_per_epoch * 30,
+            hyperparameters=dict(trial.hyperparameters.values),
+            folds=tuple(FoldResult(fold=k, objective=score, epochs_run=10) for k in range(3)))
+
+
+def test_the_gaussian_process_proposes_by_expected_improvement_per_second(tmp_path):
+    run = Run(tmp_path)
+    cheap = {"input.image_size": 32, "blocks.type": "conv", "blocks.filters": 8, "optimizer.learning_rate": 3e-3}
+    dear = {"input.image_size": 64, "blocks.type": "residual", "blocks.filters": 16, "optimizer.learning_rate": 3e-3}
+    model = costs.CostModel(1.0)
+    ratio = model.relative(costs.work(SPACE, dear, 32)) / model.relative(costs.work(SPACE, cheap, 32))
+    assert ratio > 10  # the choice below is about cost, not a near tie
+    run.finish(cheap, 0.6, 0.1)
+    run.finish(dear, 0.6, 0.1 * ratio)
+    for _ in range(4):
+        trial = run.oracle.create_trial("tuner0")
+        assert trial.status == "RUNNING"
+        kind, fields = run.events[-1]
+        assert kind == "trial_proposed" and fields["trial_id"] == trial.trial_id
+        assert fields["proposed_by"] == "expected improvement per second"
+        sizes = costs.work(SPACE, trial.hyperparameters.values, 32)
+        assert fields["predicted_seconds"] == pytest.approx(
+            costs.fit(costs.timed(run.records.values(), SPACE, 32)).seconds_per_epoch(sizes) * 30, abs=0.06)
+        run.end(trial, 0.6)
+        run.records[trial.trial_id] = TrialRecord(trial_id=trial.trial_id, status=TrialStatus.RUNNING,
+                                                  hyperparameters=dict(trial.hyperparameters.values))
+    proposed = [t.hyperparameters.values for t in run.oracle.trials.values()][2:]
+    # equal scores everywhere: improvement is a matter of uncertainty, and per second the cheap corner wins
+    # (the same oracle blind to cost proposed 64 px for two of the four)
+    assert [v["input.image_size"] for v in proposed] == [32, 32, 32, 32]
+
+
+def test_no_proposal_overruns_the_deadline_and_the_search_ends_when_none_fits(tmp_path):
+    import time
+
+    run = Run(tmp_path, deadline=time.time() + 50, initial=8)  # random initial points, then the process
+    run.finish({"input.image_size": 32, "blocks.type": "conv", "blocks.filters": 8, "optimizer.learning_rate": 3e-3}, 0.5, 0.5)
+    model = costs.fit(costs.timed(run.records.values(), SPACE, 32))
+    for _ in range(6):  # 50 s left, 30 epochs a trial: only what costs under 1.67 s an epoch may start
+        trial = run.oracle.create_trial("tuner0")
+        assert trial.status == "RUNNING"
+        assert model.seconds_per_epoch(costs.work(SPACE, trial.hyperparameters.values, 32)) * 30 <= 50
+        assert run.events[-1][1]["predicted_seconds"] <= 50
+        run.end(trial, 0.5)
+    assert all(v["input.image_size"] == 32 for v in (t.hyperparameters.values for t in run.oracle.trials.values()))
+
+    late = Run(tmp_path / "late", deadline=time.time() + 5)
+    late.finish({"input.image_size": 32, "blocks.type": "conv", "blocks.filters": 8, "optimizer.learning_rate": 3e-3}, 0.5, 0.5)
+    trial = late.oracle.create_trial("tuner0")
+    assert trial.status == "STOPPED" and len(late.oracle.trials) == 1
+    assert stop_reason(late.oracle).startswith("no proposal predicted to finish its 30 epochs in the")
+
+
+def test_nas_search_cost_aware_logs_each_proposal_and_its_prediction(tmp_path, tiny_data):
+    exp = write_experiment(tmp_path / "exp.toml", tiny_data,
+                           search={"tuner": "bayesian", "cost_aware": True, "bayesian_initial_points": 1,
+                                   "space": str(REPO / "search_spaces" / "small_cnn.yaml")},
+                           budget={"max_trials": 3, "epochs": 1})
+    res = cli("search", exp, "--results", tmp_path / "results")
+    assert res.code == 0, res.err
+    run = next((tmp_path / "results").glob("tiny/*"))
+    events = read_events(run / "trials.jsonl")
+    proposed = [e for e in events if e["event"] == "trial_proposed"]
+    assert [e["proposed_by"] for e in proposed] == ["initial point", "expected improvement per second",
+                                                   "expected improvement per second"]
+    assert proposed[0]["predicted_seconds"] is None and all(e["predicted_seconds"] > 0 for e in proposed[1:])
+    trials = read_trials(run / "trials.jsonl")
+    assert len(trials) == 3 and all(t.status is TrialStatus.FINISHED for t in trials.values())
+    assert trials[proposed[1]["trial_id"]].predicted_seconds == proposed[1]["predicted_seconds"]
+    assert events[-1]["event"] == "search_ended" and events[-1]["reason"] == "budget of trials reached"
+
+
+def test_cost_aware_with_a_tuner_that_cannot_use_it_is_refused_in_one_line(tmp_path, tiny_data):
+    exp = write_experiment(tmp_path / "exp.toml", tiny_data, search={"tuner": "hyperband", "cost_aware": True})
+    res = cli("search", exp, "--results", tmp_path / "results")
+    assert res.code != 0
+    assert "search.cost_aware = true works with search.tuner random or bayesian, not hyperband" in res.err
