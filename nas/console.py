@@ -41,7 +41,8 @@ class TrialPrinter:
         self.bar = None
 
     def __call__(self, ev: dict[str, Any]) -> None:
-        handler = {Event.SEARCH_STARTED: self.started, Event.TRIAL_FINISHED: self.finished, Event.FOLD_FINISHED: self.fold,
+        handler = {Event.SEARCH_STARTED: self.started, Event.TRIAL_PROPOSED: self.proposed,
+                   Event.TRIAL_FINISHED: self.finished, Event.FOLD_FINISHED: self.fold,
                    Event.TRIAL_FAILED: self.failed, Event.TRIAL_INTERRUPTED: self.interrupted,
                    Event.SEARCH_ENDED: self.ended}.get(ev["event"])
         if handler:
@@ -88,6 +89,11 @@ class TrialPrinter:
                  f"PR-AUC {rec.pr_auc:.3f}), {rec.params} params, {rec.epochs_run} ep{folds}, {rec.seconds:.1f}s | "
                  f"best {self.best:.3f} | elapsed {time.time() - self.t0:.0f}s{note}")
         self.advance()
+
+    def proposed(self, ev: dict[str, Any]) -> None:
+        seconds = ev.get("predicted_seconds")
+        self.say(f"  trial {ev['trial_id']}: proposed as {ev['proposed_by']}"
+                 + (f", predicted {seconds:.0f}s" if seconds is not None else ""))
 
     def fold(self, ev: dict[str, Any]) -> None:
         self.say(f"  trial {ev['trial_id']} fold {ev['fold']}: precision@recall {ev['objective']:.3f} on {ev['n']} frames, "

@@ -218,6 +218,8 @@ def test_nas_search_cost_aware_logs_each_proposal_and_its_prediction(tmp_path, t
     assert len(trials) == 3 and all(t.status is TrialStatus.FINISHED for t in trials.values())
     assert trials[proposed[1]["trial_id"]].predicted_seconds == proposed[1]["predicted_seconds"]
     assert events[-1]["event"] == "search_ended" and events[-1]["reason"] == "budget of trials reached"
+    said = f"trial {proposed[2]['trial_id']}: proposed as expected improvement per second, predicted "
+    assert said + f"{proposed[2]['predicted_seconds']:.0f}s" in res.out
 
 
 def test_cost_aware_with_a_tuner_that_cannot_use_it_is_refused_in_one_line(tmp_path, tiny_data):
