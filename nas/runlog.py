@@ -240,7 +240,9 @@ def read_trials(log: Path) -> dict[str, TrialRecord]:
             trials[str(tid)] = _fold(trials.get(str(tid)) or TrialRecord(trial_id=str(tid)), Event(kind), ev)
         except RecordError as exc:
             raise NasError(f"{log}:{number}: {kind} event of trial {tid}: {exc}") from None
-    return trials
+    # a proposal whose trial never started (a kill between our line and KerasTuner's state file) is no trial
+    return {tid: rec for tid, rec in trials.items()
+            if not (rec.proposed_by and rec.started is None and rec.status is TrialStatus.RUNNING)}
 
 
 def _fold(rec: TrialRecord, kind: Event, ev: dict[str, Any]) -> TrialRecord:

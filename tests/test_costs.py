@@ -94,7 +94,7 @@ def test_expected_improvement_is_the_closed_form_mean_of_the_gain():
             np.maximum(0.1 - draws, 0).mean(), abs=3e-3)
 
 
-SPACE = parse_space("""
+SPACE_TEXT = """
 name: priced
 input:
   image_size: {choice: [32, 64]}
@@ -117,31 +117,38 @@ head:
 optimizer:
   name: adam
   learning_rate: {float: [1.0e-3, 1.0e-2], sampling: log}
-""", "priced.yaml")
+"""
+SPACE = parse_space(SPACE_TEXT, "priced.yaml")
 
 
 class Run:
     """A Bayesian oracle over SPACE with trials finished by hand, and the log records cost_aware reads."""
 
-    def __init__(self, tmp_path, deadline=None, initial=2):
+    def __init__(self, tmp_path, deadline=None, initial=2, space=None):
         from nas.search.oracles import OBJECTIVE
 
         self.oracle = keras_tuner.oracles.BayesianOptimizationOracle(objective=OBJECTIVE, max_trials=50,
                                                                      num_initial_points=initial, seed=3)
         self.oracle._set_project_dir(str(tmp_path), "search")
         self.oracle.verbose = 0
+        self.space = space or SPACE
         hp = keras_tuner.HyperParameters()
-        SPACE.resolve(hp)  # what the tuner's first build declares
+        self.space.resolve(hp)  # what the tuner's first build declares
         self.oracle.hyperparameters = hp
         self.records, self.events = {}, []
         self.ctx = CostContext(trials=lambda: dict(self.records), emit=lambda kind, **f: self.events.append((kind, f)),
                                deadline=deadline, epochs=10, folds=3, image_size=32)
-        cost_aware(self.oracle, SPACE, self.ctx)
+        cost_aware(self.oracle, self.space, self.ctx)
 
     def end(self, trial, score):
         self.oracle.update_trial(trial.trial_id, {"score": score})
         trial.status = "COMPLETED"
         self.oracle.end_trial(trial)
+
+    def propose(self):
+        trial = self.oracle.create_trial("tuner0")
+        kind, fields = self.events[-1] if self.events else (None, {})
+        return trial, (fields if kind == "trial_proposed" and fields["trial_id"] == trial.trial_id else None)
 
     def finish(self, values, score, seconds_per_epoch):
         trial = self.oracle.create_trial("tuner0")
@@ -198,7 +205,8 @@ def test_no_proposal_overruns_the_deadline_and_the_search_ends_when_none_fits(tm
     late.finish({"input.image_size": 32, "blocks.type": "conv", "blocks.filters": 8, "optimizer.learning_rate": 3e-3}, 0.5, 0.5)
     trial = late.oracle.create_trial("tuner0")
     assert trial.status == "STOPPED" and len(late.oracle.trials) == 1
-    assert stop_reason(late.oracle).startswith("no proposal predicted to finish its 30 epochs in the")
+    reason = stop_reason(late.oracle)
+    assert reason.startswith("no untried proposal is predicted to finish all its folds in the ") and reason.endswith(" s left")
 
 
 def test_nas_search_cost_aware_logs_each_proposal_and_its_prediction(tmp_path, tiny_data):
@@ -227,3 +235,56 @@ def test_cost_aware_with_a_tuner_that_cannot_use_it_is_refused_in_one_line(tmp_p
     res = cli("search", exp, "--results", tmp_path / "results")
     assert res.code != 0
     assert "search.cost_aware = true works with search.tuner random or bayesian, not hyperband" in res.err
+
+
+CHEAP = {"input.image_size": 32, "blocks.type": "conv", "blocks.filters": 8, "optimizer.learning_rate": 3e-3}
+DEAR = {"input.image_size": 64, "blocks.type": "residual", "blocks.filters": 16, "optimizer.learning_rate": 3e-3}
+
+
+def test_improvement_is_measured_from_the_best_score_and_the_better_region_wins_at_equal_cost(tmp_path, monkeypatch):
+    from nas.search import oracles
+
+    seen = []
+    real = oracles.expected_improvement
+    monkeypatch.setattr(oracles, "expected_improvement", lambda mu, sd, best: seen.append(best) or real(mu, sd, best))
+    run = Run(tmp_path, initial=3)
+    for lr, score in ((1e-3, 0.2), (2e-3, 0.3), (1e-2, 0.9)):  # one architecture: the cost is equal everywhere
+        run.finish({**CHEAP, "optimizer.learning_rate": lr}, score, 0.1)
+    trial, fields = run.propose()
+    assert fields["proposed_by"] == "expected improvement per second"
+    assert seen == [-0.9]  # the process models the negated score: the best seen is the lowest value
+    assert trial.hyperparameters.values["optimizer.learning_rate"] > 4e-3  # next to the 0.9, not the 0.2
+
+
+def test_the_deadline_binds_the_gaussian_process_too(tmp_path):
+    import time
+
+    run = Run(tmp_path, deadline=time.time() + 80, initial=2)
+    big = {**CHEAP, "input.image_size": 64}  # 4x the cheap network's work
+    run.finish(big, 0.95, 4.0)  # 120 s a trial, and it scores best: without the deadline the process goes there
+    run.finish(CHEAP, 0.3, 1.0)  # 30 s a trial
+    model = costs.fit(costs.timed(run.records.values(), SPACE, 32))
+    for _ in range(4):
+        trial, fields = run.propose()
+        assert fields["proposed_by"] == "expected improvement per second"
+        need = model.seconds_per_epoch(costs.work(SPACE, trial.hyperparameters.values, 32)) * 30
+        assert need <= 80 and fields["predicted_seconds"] == pytest.approx(need, abs=0.06)
+        run.end(trial, 0.5)
+
+
+def test_a_warm_start_that_cannot_finish_is_passed_over_and_the_search_goes_on(tmp_path):
+    import time
+
+    space = parse_space(SPACE_TEXT + "warm_start:\n  - " + flow(DEAR) + "\n  - " + flow(CHEAP) + "\n", "w.yaml")
+    run = Run(tmp_path, deadline=time.time() + 100, initial=1, space=space)
+    run.finish({**CHEAP, "optimizer.learning_rate": 5e-3}, 0.5, 0.5)  # 15 s for the cheap network; 64 px: > 100 s
+    trial, fields = run.propose()
+    assert fields["proposed_by"] == "warm start" and trial.hyperparameters.values == CHEAP
+    run.end(trial, 0.5)
+    trial, fields = run.propose()  # the dear warm start is still untried, and the process is not held up by it
+    assert fields["proposed_by"] == "expected improvement per second"
+    assert trial.hyperparameters.values["input.image_size"] == 32
+
+
+def flow(values: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"

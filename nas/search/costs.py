@@ -7,7 +7,7 @@ Why two terms: a trial's time is not proportional to its multiply-adds. On this 
 48 px, while their multiply-adds are 1 : 3.67 : 2.06 : 0.56. Time = a * MACs + b * pixels fits all four
 (1.00, 2.50 by construction; 1.40 and 0.56 predicted): data, augmentation and the memory-bound layers grow
 with the frame, not with the arithmetic. PIXEL_MACS is b / a from those two measurements, the prior until
-the run has timed two trials that differ in that ratio; then both are fitted to the run's own trials (any
+the run has timed trials that differ in that ratio by a fifth; then both are fitted to the run's own trials (any
 machine, a GPU's far larger per-pixel share included).
 """
 
@@ -23,21 +23,24 @@ from nas.space import SearchSpace, trial_values
 from nas.trial import TrialRecord
 
 PIXEL_MACS = 2.8e3  # a frame's pixel costs as much time as ~2,800 multiply-adds (module docstring)
+SPREAD = 1.2  # both coefficients are fitted once the timed trials' pixels-to-MACs ratios differ this much
 
 
 @dataclass(frozen=True)
 class Work:
-    """What one frame asks of a network per pass: multiply-adds and input pixels."""
+    """What one frame asks of a network per pass (multiply-adds, input pixels), and the trial's epochs a fold."""
 
     macs: float
     pixels: float
+    epochs: int = 0
 
 
-def work(space: SearchSpace, searched: dict, default_size: int) -> Work:
-    """The work of a trial's network from its searched values (the space's constants filled in)."""
+def work(space: SearchSpace, searched: dict, default_size: int, default_epochs: int = 0) -> Work:
+    """The work of a trial's network from its searched values (the space's constants filled in); its epochs
+    are the space's `training.epochs` where it sets them, else `default_epochs` (budget.epochs)."""
     values = trial_values(space, searched)
     size = int(values.get("input.image_size", default_size))
-    return Work(float(network_macs(values, size)), float(size * size))
+    return Work(float(network_macs(values, size)), float(size * size), int(values.get("training.epochs", default_epochs)))
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,18 @@ def timed(records: Iterable[TrialRecord], space: SearchSpace, default_size: int)
 
 
 def fit(observations: list[tuple[Work, float]]) -> CostModel:
-    """Both coefficients from the run's trials once two differ in their pixels-to-MACs ratio (non-negative
-    least squares, each row weighted by 1/seconds so that relative errors count); else the prior ratio with
-    the scale from the trials timed so far; else nothing but the prior ratio."""
+    """Both coefficients from the run's trials once their pixels-to-MACs ratios differ by SPREAD (non-negative
+    least squares, each row weighted by 1/seconds so that relative errors count; kept only if both are
+    positive); else the prior ratio with the scale from the trials timed so far; else only the prior ratio."""
     if not observations:
         return CostModel(None)
-    ratios = {round(w.pixels / max(w.macs, 1.0), 12) for w, _ in observations}
-    if len(ratios) >= 2:
+    ratios = [w.pixels / max(w.macs, 1.0) for w, _ in observations]
+    if max(ratios) >= SPREAD * min(ratios):  # trials alike in that ratio would fit timing noise
         from scipy.optimize import nnls
 
         a = np.array([[w.macs / s, w.pixels / s] for w, s in observations])
         coef, _ = nnls(a, np.ones(len(observations)))
-        if coef[0] > 0:
+        if coef.min() > 0:  # a zero coefficient prices all networks of one size alike, or ignores the size
             return CostModel(float(coef[0]), float(coef[1] / coef[0]))
     prior = CostModel(1.0)
     scale = float(np.median([s / prior.relative(w) for w, s in observations]))

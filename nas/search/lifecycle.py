@@ -43,7 +43,8 @@ def start_search(exp: Experiment, results: Path, run_id: str | None = None, sess
     """Create a run folder, freeze the config and space into it, and search until the budget ends."""
     ktadapter.check()
     space = load_space(exp.search.space)
-    make_hypermodel(exp, space)  # refuse a space that does not fit the tuner before any work
+    make_hypermodel(exp, space)  # refuse a space that does not fit the tuner before any work,
+    make_oracle(exp.search, exp.budget, space)  # and settings the oracle cannot take
     run = create_run(exp, space, results, run_id)
     with run_lock(run):
         return _search(OpenRun(run, exp, space), resume=False, session=session)

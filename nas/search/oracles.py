@@ -102,13 +102,11 @@ def untried(oracle):
     return oracle
 
 
-def pending_warm_start(oracle, space: SearchSpace) -> dict | None:
-    """The first of the space's warm starts not tried yet, or None."""
+def pending_warm_starts(oracle, space: SearchSpace) -> list[dict]:
+    """The space's warm starts not tried yet, in the space's order."""
     tried = [t.hyperparameters.values for t in oracle.trials.values()]
-    for start in space.warm_start:
-        if not any(all(v.get(k) == x for k, x in start.items()) for v in tried):
-            return dict(start)
-    return None
+    return [dict(start) for start in space.warm_start
+            if not any(all(v.get(k) == x for k, x in start.items()) for v in tried)]
 
 
 def warm_started(oracle, space: SearchSpace):
@@ -119,8 +117,8 @@ def warm_started(oracle, space: SearchSpace):
     propose = oracle.populate_space
 
     def populate_space(trial_id):
-        start = pending_warm_start(oracle, space)
-        return {"status": KTStatus.RUNNING, "values": start} if start else propose(trial_id)
+        starts = pending_warm_starts(oracle, space)
+        return {"status": KTStatus.RUNNING, "values": starts[0]} if starts else propose(trial_id)
 
     oracle.populate_space = populate_space
     return oracle
@@ -130,50 +128,78 @@ CANDIDATES = 2048  # points of the unit box the acquisition is judged on (KerasT
 RANDOM_TRIES = 256  # random untried proposals drawn for one that fits the time left
 
 
+class Pricing:
+    """One proposal's view of cost: the cost model fitted to the run's timed trials so far, and the time left."""
+
+    def __init__(self, space: SearchSpace, ctx: CostContext):
+        self.space, self.ctx = space, ctx
+        self.model = costs.fit(costs.timed(ctx.trials().values(), space, ctx.image_size))
+        self.left = None if ctx.deadline is None else ctx.deadline - time.time()
+        self.rejected = 0  # untried proposals turned down for time
+
+    def work(self, values: dict) -> costs.Work | None:
+        try:
+            return costs.work(self.space, values, self.ctx.image_size, self.ctx.epochs)
+        except NasError:  # a warm start naming only some keys: priced when it has run
+            return None
+
+    def seconds(self, values: dict) -> float | None:
+        """The trial's predicted seconds: every epoch of every fold (None until a trial has been timed)."""
+        w = self.work(values)
+        per_epoch = None if w is None else self.model.seconds_per_epoch(w)
+        return None if per_epoch is None else per_epoch * w.epochs * self.ctx.folds
+
+    def relative(self, values: dict) -> float:
+        w = self.work(values)
+        return 1.0 if w is None else self.model.relative(w) * w.epochs
+
+    def fits(self, values: dict) -> bool:
+        need = self.seconds(values)
+        ok = self.left is None or need is None or need <= self.left
+        self.rejected += not ok
+        return ok
+
+    def stop_reason(self) -> str:
+        return (f"no untried proposal is predicted to finish all its folds in the {max(self.left, 0):.0f} s left"
+                if self.rejected and self.left is not None else "")
+
+
 def cost_aware(oracle, space: SearchSpace, ctx: CostContext):
     """Proposals that weigh what a trial costs (`search.cost_aware`).
 
-    - Past the initial points, the Gaussian process's proposal is the candidate with the highest expected
-      improvement per predicted second (Snoek, Larochelle and Adams, NeurIPS 2012), not KerasTuner's upper
-      confidence bound: a 48 px trial that costs a third of a 64 px residual one need promise only a third
-      as much. The cost is `nas.search.costs`: the network's multiply-adds and pixels, scaled by the run's
-      timed trials.
-    - Any proposal (warm starts, random points, the process's) predicted not to finish all its folds before
-      the deadline is replaced: by the next-best candidate that fits, or a random untried one that fits. When
-      none fits, the search ends there (`stop_reason`) instead of starting a trial the budget cuts short;
-      `nas resume` with more time goes on. Each proposal is logged (`trial_proposed`: predicted seconds, and
-      which rule proposed it)."""
+    - Past the initial points, the Gaussian process's proposal is, of CANDIDATES random points, the one with
+      the highest expected improvement per predicted second (Snoek, Larochelle and Adams, NeurIPS 2012), not
+      KerasTuner's upper confidence bound: a 48 px trial that costs a third of a 64 px residual one need
+      promise only a third as much. The cost is `nas.search.costs`: the network's multiply-adds and pixels
+      times its epochs, weighed by the run's timed trials.
+    - No new proposal (warm starts, random points, the process's) starts when it is predicted not to finish
+      all its folds before the deadline: a warm start that does not fit is passed over, any other proposal
+      replaced by the best candidate that fits. When none fits, the search ends there (`stop_reason`)
+      instead of starting a trial the budget cuts short; `nas resume` with more time goes on. (Trials
+      KerasTuner hands out again, a dead worker's or an interrupted one, are not proposals: they continue.)
+      Each proposal is logged (`trial_proposed`: predicted seconds, and which rule proposed it)."""
     propose = oracle.populate_space
     bayesian = isinstance(oracle, keras_tuner.oracles.BayesianOptimizationOracle)
 
     def populate_space(trial_id):
-        model = costs.fit(costs.timed(ctx.trials().values(), space, ctx.image_size))
-        left = None if ctx.deadline is None else ctx.deadline - time.time()
-
-        def seconds(values: dict) -> float | None:
-            per_epoch = model.seconds_per_epoch(costs.work(space, values, ctx.image_size))
-            return None if per_epoch is None else per_epoch * ctx.epochs * ctx.folds
-
-        def fits(values: dict) -> bool:
-            need = seconds(values)
-            return left is None or need is None or need <= left
-
+        price = Pricing(space, ctx)
         done = sum(t.status == KTStatus.COMPLETED for t in oracle.trials.values())
-        start = pending_warm_start(oracle, space)
-        if bayesian and done >= oracle.num_initial_points and start is None:
-            values, how = per_second(oracle, space, model, ctx, fits)
+        starts = [w for w in pending_warm_starts(oracle, space) if price.fits(w)]
+        if starts:
+            values, how = starts[0], "warm start"
+        elif bayesian and done >= oracle.num_initial_points:
+            values, how = per_second(oracle, price)
         else:
             proposal = propose(trial_id)
             if proposal.get("status") != KTStatus.RUNNING:
                 return proposal
-            values, how = proposal["values"], "warm start" if start else "initial point" if bayesian else "random"
-            if not fits(values):
-                values, how = random_fitting(oracle, fits), "random point that fits the time left"
+            values, how = proposal["values"], "initial point" if bayesian else "random"
+            if not price.fits(values):
+                values, how = random_fitting(oracle, price), "random point that fits the time left"
         if values is None:
-            oracle.cost_stop = (f"no proposal predicted to finish its {ctx.folds * ctx.epochs} epochs in the "
-                                f"{max(left or 0, 0):.0f} s left")
+            oracle.cost_stop = price.stop_reason()
             return {"status": KTStatus.STOPPED, "values": None}
-        need = seconds(values)
+        need = price.seconds(values)
         ctx.emit(Event.TRIAL_PROPOSED, trial_id=trial_id, proposed_by=how,
                  predicted_seconds=None if need is None else round(need, 1))
         return {"status": KTStatus.RUNNING, "values": values}
@@ -197,31 +223,33 @@ def expected_improvement(mu: np.ndarray, sd: np.ndarray, best: float) -> np.ndar
     return (best - mu) * norm.cdf(z) + sd * norm.pdf(z)
 
 
-def per_second(oracle, space: SearchSpace, model: costs.CostModel, ctx: CostContext, fits) -> tuple[dict | None, str]:
-    """The untried candidate with the highest expected improvement per predicted second that fits the time
-    left; ties (no improvement expected anywhere) go to the lowest predicted value."""
+def per_second(oracle, price: Pricing) -> tuple[dict | None, str]:
+    """Of CANDIDATES random points, the untried one with the highest expected improvement per predicted
+    second that fits the time left; ties (no improvement expected anywhere) go to the lowest predicted value.
+    None of them untried: a random untried point, as the `untried` wrapper does."""
     gp, bounds = ktadapter.gaussian_process(oracle)
     if gp is None:
-        return random_fitting(oracle, fits), "random point that fits the time left"
+        return random_fitting(oracle, price), "random point that fits the time left"
     points = ktadapter.unit_candidates(oracle, bounds, CANDIDATES)
-    mu, sd = gp.predict(points, return_std=True)
+    mu, sd = (np.ravel(a) for a in gp.predict(points, return_std=True))
     scores = [t.score for t in oracle.trials.values() if t.status == KTStatus.COMPLETED and t.score is not None]
     best = -max(scores) if scores else float(np.min(mu))
     values = [ktadapter.vector_to_values(oracle, p) for p in points]
-    cost = np.array([model.relative(costs.work(space, v, ctx.image_size)) for v in values])
-    rate = expected_improvement(np.ravel(mu), np.ravel(sd), best) / cost
-    for i in np.lexsort((np.ravel(mu), -rate)):
-        if not ktadapter.is_duplicate(oracle, values[i]) and fits(values[i]):
+    rate = expected_improvement(mu, sd, best) / np.array([price.relative(v) for v in values])
+    fresh = [i for i in np.lexsort((mu, -rate)) if not ktadapter.is_duplicate(oracle, values[i])]
+    for i in fresh:
+        if price.fits(values[i]):
             return values[i], "expected improvement per second"
-    return None, ""
+    if fresh:
+        return None, ""
+    return random_fitting(oracle, price), "random point that fits the time left"
 
 
-def random_fitting(oracle, fits) -> dict | None:
-    """A random untried proposal that fits the time left, or None after RANDOM_TRIES draws."""
+def random_fitting(oracle, price: Pricing) -> dict | None:
+    """A random untried proposal that fits the time left, or None after RANDOM_TRIES draws (or when
+    KerasTuner finds no untried values)."""
     for _ in range(RANDOM_TRIES):
         values = ktadapter.random_untried(oracle)
-        if values is None:
-            return None
-        if fits(values):
+        if values is None or price.fits(values):
             return values
     return None
