@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nas.errors import NasError
 from nas.models import network_macs
 from nas.space import SearchSpace, trial_values
 from nas.trial import TrialRecord
@@ -69,7 +70,7 @@ def timed(records: Iterable[TrialRecord], space: SearchSpace, default_size: int)
             continue
         try:
             out.append((work(space, rec.hyperparameters, default_size), rec.seconds / epochs))
-        except Exception:  # a trial of another space version: its time says nothing about this one
+        except NasError:  # a trial of another space version: its time says nothing about this one
             continue
     return out
 

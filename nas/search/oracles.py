@@ -236,11 +236,14 @@ def per_second(oracle, price: Pricing) -> tuple[dict | None, str]:
     best = -max(scores) if scores else float(np.min(mu))
     values = [ktadapter.vector_to_values(oracle, p) for p in points]
     rate = expected_improvement(mu, sd, best) / np.array([price.relative(v) for v in values])
-    fresh = [i for i in np.lexsort((mu, -rate)) if not ktadapter.is_duplicate(oracle, values[i])]
-    for i in fresh:
+    untried = False
+    for i in np.lexsort((mu, -rate)):  # best first: the duplicate check stops at the first that fits
+        if ktadapter.is_duplicate(oracle, values[i]):
+            continue
+        untried = True
         if price.fits(values[i]):
             return values[i], "expected improvement per second"
-    if fresh:
+    if untried:
         return None, ""
     return random_fitting(oracle, price), "random point that fits the time left"
 
