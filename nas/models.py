@@ -211,28 +211,35 @@ def build_network(v: dict[str, Any], image_size: int, momentum: float = BN_MOMEN
     return keras.Model(inputs, outputs, name="haadf_classifier")
 
 
-def network_macs(v: dict[str, Any], image_size: int) -> int:
+def network_macs(v: dict[str, Any], image_size: int, channel_block: int = 1) -> int:
     """Multiply-adds of one frame's forward pass through build_network(v, image_size), counted from the
     values without building anything (a proposal's cost is judged for thousands of candidates; a build
-    takes tens of milliseconds). Convolutions and dense layers only; tests pin it to the built layers."""
-    s, c = image_size, 1
+    takes tens of milliseconds). Convolutions and dense layers only; tests pin it to the built layers.
+    With channel_block > 1, every layer's channels are counted rounded up to a multiple of it: the work a
+    CPU's blocked layout does (oneDNN computes AVX-512 convolutions in blocks of 16 channels; see
+    nas.search.costs)."""
+    def block(n: int) -> int:
+        return -(-n // channel_block) * channel_block
+
+    s, c = image_size, 1  # c: the channels as counted; built: as built (a shortcut projects when they change)
     if (k := v.get("stem.space_to_depth", 1)) > 1:
         s, c = s // k, k * k
-    macs = 0
+    built, macs = c, 0
     if v["stem.filters"] > 0:
         s = -(-s // v["stem.strides"])  # 'same' padding
-        macs += s * s * v["stem.kernel_size"] ** 2 * c * v["stem.filters"]
-        c = v["stem.filters"]
+        built, f = v["stem.filters"], block(v["stem.filters"])
+        macs, c = macs + s * s * v["stem.kernel_size"] ** 2 * c * f, f
     k2 = v["blocks.kernel_size"] ** 2
     for i in range(v["blocks.count"]):
-        f = max(1, int(round(v["blocks.filters"] * v["blocks.growth"] ** i)))
+        filters = max(1, int(round(v["blocks.filters"] * v["blocks.growth"] ** i)))
+        f = block(filters)
         if v["blocks.type"] == "separable":
             macs += s * s * (k2 * c + c * f)
         elif v["blocks.type"] == "residual":
-            macs += s * s * (k2 * c * f + k2 * f * f + (c * f if c != f else 0))
+            macs += s * s * (k2 * c * f + k2 * f * f + (c * f if built != filters else 0))
         else:
             macs += s * s * k2 * c * f
-        c = f
+        c, built = f, filters
         if v["blocks.pooling"] != "none" and s >= 4:  # _pool
             s //= 2
     if v["head.pooling"] == "flatten":
