@@ -36,7 +36,8 @@ BASE = "warm-start"
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """'name:key=value,key=value' -> (name, the changed values), each checked as a space file's constant
-    (blocks.*, head.*, optimizer.*, input.image_size, augment.*); training length is --epochs, for every variant."""
+    (blocks.*, head.*, optimizer.*, input.image_size, augment.*, training.epochs: a variant's own length, its
+    cosine schedule spanning it; the others train --epochs)."""
     from nas.errors import NasError
     from nas.space import check_value
 
@@ -48,8 +49,6 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, eq, raw = item.partition("=")
         if not eq:
             raise SystemExit(f"--variant {text}: {item!r} is not KEY=VALUE")
-        if key == "training.epochs":
-            raise SystemExit(f"--variant {text}: every variant trains --epochs epochs; compare lengths in two runs")
         try:
             changes[key] = check_value(key, yaml.safe_load(raw), f"--variant {name}")
         except NasError as e:
@@ -101,17 +100,19 @@ def main() -> None:
     plans = common.chosen_plans(frames, args.folds, args.run)
     policy = common.run_policy(opened)
     epochs = args.epochs or exp.budget.epochs
-    average_from = epochs - max(1, round(args.average_last * epochs)) if args.average_last else None
+    epochs_of = {name: int((base | changes).get("training.epochs", epochs)) for name, changes in variants.items()}
+    average_from = {name: n - max(1, round(args.average_last * n)) if args.average_last else None
+                    for name, n in epochs_of.items()}
     scored = [(name, name) for name in variants]  # (label, variant) of each scored row: a variant, then its average
-    if average_from is not None:
+    if args.average_last:
         scored = [row for name in variants for row in ((name, name), (f"{name}+avg", name))]
     rows, probs, seconds = [], {label: [] for label, _ in scored}, {}
     for plan in plans:
         y = frames.labels[plan.val_rows]
         for name, changes in variants.items():
             try:
-                fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs, args.seed, policy,
-                                        average_from)
+                fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs_of[name], args.seed,
+                                        policy, average_from[name])
             except NasError as e:
                 raise SystemExit(str(e)) from None
             for label, prob in ((name, fit["prob"]), (f"{name}+avg", fit.get("prob_avg"))):
@@ -131,7 +132,7 @@ def main() -> None:
                "average_from_epoch": average_from, "variants": {}, "rows": rows}
     for label, name in scored:
         fig = pooled_figures(y, np.concatenate(probs[label]), groups, exp.objective, args.seed)  # as the search does
-        summary["variants"][label] = {"changes": variants[name], "size": size_of[name], **fig,
+        summary["variants"][label] = {"changes": variants[name], "size": size_of[name], "epochs": epochs_of[name], **fig,
                                       "averaged": label != name,
                                       "seconds": round(float(np.mean(seconds[label])), 2),
                                       "params": next(r["params"] for r in rows if r["variant"] == label)}

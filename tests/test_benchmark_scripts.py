@@ -221,7 +221,7 @@ def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monk
     assert "| group |" in "\n".join(lines)
     for variant, why in (("odd:blocks.colour=red", "--variant odd: unknown key 'blocks.colour'"),
                          ("typo:blocks.normalization=grup", "--variant typo: blocks.normalization: expected one of none, batch"),
-                         ("long:training.epochs=80", "every variant trains --epochs epochs")):
+                         ("long:training.epochs=0", "--variant long: training.epochs")):
         monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", variant])
         with pytest.raises(SystemExit, match=why):
             recipe.main()
@@ -232,13 +232,14 @@ def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monk
 
 
 def test_recipe_scores_weights_averaged_over_the_last_epochs_from_the_same_training(cv_run, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "wider:blocks.filters=6",
+    monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "wider:blocks.filters=6,training.epochs=4",
                                       "--average-last", "0.5", "--epochs", "2", "--folds", "0,1"])
     recipe.main()
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     labels = ["warm-start", "warm-start+avg", "wider", "wider+avg"]
     assert [(r["fold"], r["variant"]) for r in out["rows"]] == [(k, name) for k in (0, 1) for name in labels]
-    assert out["average_from_epoch"] == 1
+    assert out["average_from_epoch"] == {"warm-start": 1, "wider": 2}  # a variant's own length: its last half
+    assert (out["variants"]["warm-start"]["epochs"], out["variants"]["wider"]["epochs"]) == (2, 4)
     for name in ("warm-start", "wider"):
         plain, averaged = out["variants"][name], out["variants"][f"{name}+avg"]
         assert (plain["averaged"], averaged["averaged"]) == (False, True)
