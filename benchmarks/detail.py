@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="the network's input size in px (default 64)")
     ap.add_argument("--fold-by", type=int, default=2, help="k: the folded variant reads k*size px (default 2)")
     ap.add_argument("--folds", default="", help="comma-separated fold indices (default: every fold)")
-    ap.add_argument("--epochs", type=int, default=0, help="epochs per fold (default: the run's budget.epochs)")
+    ap.add_argument("--epochs", type=int, default=0, help="epochs per fold (default: the warm start's training.epochs, "
+                    "else the run's budget.epochs)")
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
 
@@ -45,7 +46,7 @@ def main() -> None:
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=[args.size, big])
     plans = common.chosen_plans(frames, args.folds, args.run)
     values = trial_values(opened.space, opened.space.warm_start[0])  # every searched key set
-    epochs = args.epochs or exp.budget.epochs
+    epochs = int(args.epochs or values.get("training.epochs") or exp.budget.epochs)  # as the warm start trains
     policy = common.run_policy(opened)
     variants = {"resized": (args.size, 1), "folded": (big, args.fold_by)}
     rows = []

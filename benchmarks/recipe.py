@@ -1,7 +1,8 @@
 """Changes to the training recipe, side by side on one run's folds: the space's first warm-start network
 against the same network with some of its values changed (normalization, width, learning rate, augmentation
-strength, ...), each trained on every fold of RUN with the same seed, frames, batch size and epochs, as a
-trial trains it.
+strength, ...), each trained on every fold of RUN with the same seed, frames and batch size, as a trial
+trains it. A variant trains its own `training.epochs` where it sets one; the others train --epochs, else the
+warm start's own `training.epochs`, else the run's budget.epochs.
 
 Each variant's out-of-fold probabilities are pooled over the folds and scored as the search scores a trial:
 the objective (precision at the recall floor, the threshold kept by the run's recall-confidence rule over
@@ -56,6 +57,13 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, changes
 
 
+def variant_epochs(base: dict, variants: dict[str, dict], asked: int, budget: int) -> tuple[int, dict[str, int]]:
+    """Each variant's epochs a fold: its own training.epochs; else --epochs (`asked`); else the warm start's
+    training.epochs; else the run's budget.epochs. Also that default, the length of a variant that sets none."""
+    default = int(asked or base.get("training.epochs") or budget)
+    return default, {name: int(changes.get("training.epochs", default)) for name, changes in variants.items()}
+
+
 def pooled_figures(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, objective, seed: int) -> dict:
     from nas.objective import precision_at_recall
     from nas.search.scoring import score
@@ -72,7 +80,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                     help="a change to the warm-start network's values (repeatable)")
     ap.add_argument("--folds", default="", help="comma-separated fold indices (default: every fold)")
-    ap.add_argument("--epochs", type=int, default=0, help="epochs per fold (default: the run's budget.epochs)")
+    ap.add_argument("--epochs", type=int, default=0, help="epochs per fold of every variant that does not set its own "
+                    "training.epochs (default: the warm start's training.epochs, else the run's budget.epochs)")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--average-last", type=float, default=0.0, metavar="F",
                     help="also score each variant's weights averaged over its last F of epochs (0 < F <= 1; default off)")
@@ -99,10 +108,9 @@ def main() -> None:
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=sorted(set(size_of.values())))
     plans = common.chosen_plans(frames, args.folds, args.run)
     policy = common.run_policy(opened)
-    epochs = args.epochs or exp.budget.epochs
-    epochs_of = {name: int((base | changes).get("training.epochs", epochs)) for name, changes in variants.items()}
-    average_from = {name: n - max(1, round(args.average_last * n)) if args.average_last else None
-                    for name, n in epochs_of.items()}
+    epochs, epochs_of = variant_epochs(base, variants, args.epochs, exp.budget.epochs)
+    average_from = ({name: n - max(1, round(args.average_last * n)) for name, n in epochs_of.items()}
+                    if args.average_last else None)
     scored = [(name, name) for name in variants]  # (label, variant) of each scored row: a variant, then its average
     if args.average_last:
         scored = [row for name in variants for row in ((name, name), (f"{name}+avg", name))]
@@ -112,7 +120,7 @@ def main() -> None:
         for name, changes in variants.items():
             try:
                 fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs_of[name], args.seed,
-                                        policy, average_from[name])
+                                        policy, average_from and average_from[name])
             except NasError as e:
                 raise SystemExit(str(e)) from None
             for label, prob in ((name, fit["prob"]), (f"{name}+avg", fit.get("prob_avg"))):

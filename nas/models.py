@@ -215,9 +215,10 @@ def network_macs(v: dict[str, Any], image_size: int, channel_block: int = 1) -> 
     """Multiply-adds of one frame's forward pass through build_network(v, image_size), counted from the
     values without building anything (a proposal's cost is judged for thousands of candidates; a build
     takes tens of milliseconds). Convolutions and dense layers only; tests pin it to the built layers.
-    With channel_block > 1, every layer's channels are counted rounded up to a multiple of it: the work a
-    CPU's blocked layout does (oneDNN computes AVX-512 convolutions in blocks of 16 channels; see
-    nas.search.costs)."""
+    With channel_block > 1, every convolution's output channels (and so the next layer's input) are counted
+    rounded up to a multiple of it: the work a CPU's blocked layout does (oneDNN computes AVX-512
+    convolutions in blocks of 16 channels; see nas.search.costs). The frame's own channels and the dense
+    head's units are not rounded."""
     def block(n: int) -> int:
         return -(-n // channel_block) * channel_block
 

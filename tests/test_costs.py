@@ -64,6 +64,12 @@ def test_channels_counted_in_blocks_are_those_of_the_network_rounded_up(kind):
     assert network_macs(odd, 48, channel_block=16) == network_macs(even, 48)
     assert network_macs(odd, 48) < network_macs(even, 48)
     assert network_macs(even, 48, channel_block=16) == network_macs(even, 48)  # already whole blocks
+    # a shortcut projects where the built channels change (12 -> 16), though both count as one block of 16
+    projected = {**even, "stem.filters": 12}
+    if kind == "residual":
+        assert network_macs(projected, 48, channel_block=16) > network_macs(even, 48)
+    else:
+        assert network_macs(projected, 48, channel_block=16) == network_macs(even, 48)
 
 
 def work(size, kind="conv"):

@@ -170,8 +170,9 @@ def cost_aware(oracle, space: SearchSpace, ctx: CostContext):
     - Past the initial points, the Gaussian process's proposal is, of CANDIDATES random points, the one with
       the highest expected improvement per predicted second (Snoek, Larochelle and Adams, NeurIPS 2012), not
       KerasTuner's upper confidence bound: a 48 px trial that costs a third of a 64 px residual one need
-      promise only a third as much. The cost is `nas.search.costs`: the network's multiply-adds and pixels
-      times its epochs, weighed by the run's timed trials.
+      promise only a third as much. The cost is `nas.search.costs`: the network's multiply-adds (channels in
+      blocks of 16) and a fixed share per frame and input pixel, times its epochs, weighed by the run's timed
+      trials.
     - No new proposal (warm starts, random points, the process's) starts when it is predicted not to finish
       all its folds before the deadline: a warm start that does not fit is passed over, any other proposal
       replaced by the best candidate that fits. When none fits, the search ends there (`stop_reason`)
