@@ -84,6 +84,12 @@ def run_policy(opened) -> str:
     return precision.choose(opened.exp.search.precision, opened.run.path, opened.exp.data.image_size)["policy"]
 
 
+def warm_start_epochs(values: dict, asked: int, exp) -> int:
+    """Epochs a fold, as a benchmark trains the warm start: --epochs where asked, else the warm start's own
+    training.epochs, else the run's budget.epochs."""
+    return int(asked or values.get("training.epochs") or exp.budget.epochs)
+
+
 def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: int, policy: str = "float32",
                average_from: int | None = None) -> dict:
     """One network trained on a fold's training frames as a trial trains it (the experiment's [augment] with the

@@ -46,7 +46,7 @@ def main() -> None:
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=[args.size, big])
     plans = common.chosen_plans(frames, args.folds, args.run)
     values = trial_values(opened.space, opened.space.warm_start[0])  # every searched key set
-    epochs = int(args.epochs or values.get("training.epochs") or exp.budget.epochs)  # as the warm start trains
+    epochs = common.warm_start_epochs(values, args.epochs, exp)
     policy = common.run_policy(opened)
     variants = {"resized": (args.size, 1), "folded": (big, args.fold_by)}
     rows = []

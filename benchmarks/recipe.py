@@ -57,10 +57,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, changes
 
 
-def variant_epochs(base: dict, variants: dict[str, dict], asked: int, budget: int) -> tuple[int, dict[str, int]]:
-    """Each variant's epochs a fold: its own training.epochs; else --epochs (`asked`); else the warm start's
-    training.epochs; else the run's budget.epochs. Also that default, the length of a variant that sets none."""
-    default = int(asked or base.get("training.epochs") or budget)
+def variant_epochs(base: dict, variants: dict[str, dict], asked: int, exp) -> tuple[int, dict[str, int]]:
+    """Each variant's epochs a fold: its own training.epochs, else the warm start's length
+    (common.warm_start_epochs). Also that default, the length of a variant that sets none."""
+    default = common.warm_start_epochs(base, asked, exp)
     return default, {name: int(changes.get("training.epochs", default)) for name, changes in variants.items()}
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=sorted(set(size_of.values())))
     plans = common.chosen_plans(frames, args.folds, args.run)
     policy = common.run_policy(opened)
-    epochs, epochs_of = variant_epochs(base, variants, args.epochs, exp.budget.epochs)
+    epochs, epochs_of = variant_epochs(base, variants, args.epochs, exp)
     average_from = ({name: n - max(1, round(args.average_last * n)) for name, n in epochs_of.items()}
                     if args.average_last else None)
     scored = [(name, name) for name in variants]  # (label, variant) of each scored row: a variant, then its average

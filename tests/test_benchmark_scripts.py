@@ -232,10 +232,13 @@ def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monk
 
 
 def test_recipe_lengths_a_variant_its_own_then_asked_then_the_warm_starts_then_the_budgets():
+    from types import SimpleNamespace
+
+    exp = SimpleNamespace(budget=SimpleNamespace(epochs=40))
     variants = {"warm-start": {}, "long": {"training.epochs": 80}}
-    assert recipe.variant_epochs({"training.epochs": 60}, variants, 0, 40) == (60, {"warm-start": 60, "long": 80})
-    assert recipe.variant_epochs({"training.epochs": 60}, variants, 10, 40) == (10, {"warm-start": 10, "long": 80})
-    assert recipe.variant_epochs({}, variants, 0, 40) == (40, {"warm-start": 40, "long": 80})
+    assert recipe.variant_epochs({"training.epochs": 60}, variants, 0, exp) == (60, {"warm-start": 60, "long": 80})
+    assert recipe.variant_epochs({"training.epochs": 60}, variants, 10, exp) == (10, {"warm-start": 10, "long": 80})
+    assert recipe.variant_epochs({}, variants, 0, exp) == (40, {"warm-start": 40, "long": 80})
 
 
 def test_recipe_scores_weights_averaged_over_the_last_epochs_from_the_same_training(cv_run, monkeypatch, capsys):
