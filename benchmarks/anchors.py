@@ -187,6 +187,8 @@ def data_source(args) -> tuple[Path, Path, str]:
 
 
 def run_nas(folder: Path, data: Path, experiment: Path, budget: float) -> dict:
+    from nas.runlog import read_trials
+
     results, run = folder / "results", folder / "results" / "run"
     cmd = [sys.executable, "-m", "nas"]
     subprocess.run([*cmd, "search", str(experiment), "--data", str(data), "--results", str(results), "--run-id", "run",
@@ -199,7 +201,11 @@ def run_nas(folder: Path, data: Path, experiment: Path, budget: float) -> dict:
     events = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines() if line.strip()]
     trials = sum(e["event"] == "trial_finished" for e in events)
     ensemble = None
-    if trials >= ENSEMBLE:  # a second, separately reported model: the mean of the top trials (nas export --ensemble)
+    # racing leaves trials with fewer fold models than folds: an ensemble averages only those that trained every fold
+    whole = sum(r.complete for r in read_trials(run / "trials.jsonl").values())
+    if whole < ENSEMBLE:
+        print(f"nas: no --ensemble {ENSEMBLE} row: {whole} trial(s) trained every fold", file=sys.stderr)
+    else:  # a second, separately reported model: the mean of the top trials (nas export --ensemble)
         out = run / f"export-ensemble{ENSEMBLE}"
         subprocess.run([*cmd, "export", str(run), "--ensemble", str(ENSEMBLE), "--out", str(out)], check=True)
         ens = json.loads((out / "model_card.json").read_text())

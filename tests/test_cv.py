@@ -119,6 +119,10 @@ def test_a_trial_that_cannot_beat_the_incumbent_stops_after_one_fold(tmp_path, e
     assert [(r["trial_id"], r["folds"]) for r in rows] == [("0", "3/3"), ("1", "1/3")]
     res = cli("export", tmp_path / "res" / "tiny" / "r", "--trial", "1", "--out", tmp_path / "x")
     assert res.code == 2 and "trained 1 of 3 folds" in res.err
+    # an ensemble averages whole trials only: the raced-out one is not counted (before: it was taken, then refused)
+    res = cli("export", tmp_path / "res" / "tiny" / "r", "--ensemble", "2", "--out", tmp_path / "ens")
+    assert res.code == 2 and ("--ensemble 2 needs 2 finished feasible trials that trained every fold; the run has 1 "
+                              "(1 more raced out or cut short before their last fold)") in res.err, res.err
 
 
 def test_kill_9_mid_fold_then_resume_trains_each_fold_exactly_once(tmp_path, easy_data):

@@ -178,7 +178,7 @@ def test_ensemble_export_averages_the_top_trials_and_calibrates_the_mean_on_val(
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--ensemble", "3"], "--ensemble 3 needs 3 finished feasible trials; the run has 2"),
+    (["--ensemble", "3"], "--ensemble 3 needs 3 finished feasible trials that trained every fold; the run has 2"),
     (["--ensemble", "2", "--trial", "0"], "cannot be combined with --trial or --refit"),
     (["--ensemble", "0"], "expected 1 or more trials"),
 ])

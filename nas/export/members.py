@@ -44,8 +44,14 @@ def choose(run: RunDir, trial_id: str | None, ensemble: int) -> list[Member]:
         ranked = sorted((t for t in trials.values() if t.usable), key=rank_key)
         if not ranked:
             raise NasError(f"{run.path}: no finished feasible trial to export yet; run or resume the search first")
-        if len(ranked) < ensemble:
-            raise NasError(f"{run.path}: --ensemble {ensemble} needs {ensemble} finished feasible trials; the run has {len(ranked)}")
+        if ensemble > 1:  # only whole trials: racing leaves trials with fewer fold models, which cannot be averaged
+            whole = [t for t in ranked if t.complete]
+            partial = len(ranked) - len(whole)
+            if len(whole) < ensemble:
+                raise NasError(f"{run.path}: --ensemble {ensemble} needs {ensemble} finished feasible trials that trained "
+                               f"every fold; the run has {len(whole)}"
+                               + (f" ({partial} more raced out or cut short before their last fold)" if partial else ""))
+            ranked = whole
         chosen = ranked[:ensemble]
     return [_member(run, rec) for rec in chosen]
 
