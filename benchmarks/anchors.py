@@ -188,6 +188,7 @@ def data_source(args) -> tuple[Path, Path, str]:
 
 def run_nas(folder: Path, data: Path, experiment: Path, budget: float) -> dict:
     from nas.runlog import read_trials
+    from nas.trial import TrialStatus
 
     results, run = folder / "results", folder / "results" / "run"
     cmd = [sys.executable, "-m", "nas"]
@@ -198,11 +199,11 @@ def run_nas(folder: Path, data: Path, experiment: Path, budget: float) -> dict:
         raise SystemExit(f"{run}: no trial finished within the budget; give it more time (--budget-min)")
     subprocess.run([*cmd, "export", str(run)], check=True)
     card = json.loads((run / "export" / "model_card.json").read_text())
-    events = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines() if line.strip()]
-    trials = sum(e["event"] == "trial_finished" for e in events)
+    records = read_trials(run / "trials.jsonl").values()
+    trials = sum(r.status is TrialStatus.FINISHED for r in records)
     ensemble = None
     # racing leaves trials with fewer fold models than folds: an ensemble averages only those that trained every fold
-    whole = sum(r.complete for r in read_trials(run / "trials.jsonl").values())
+    whole = sum(r.complete for r in records)
     if whole < ENSEMBLE:
         print(f"nas: no --ensemble {ENSEMBLE} row: {whole} trial(s) trained every fold", file=sys.stderr)
     else:  # a second, separately reported model: the mean of the top trials (nas export --ensemble)
