@@ -91,8 +91,9 @@ class TrialPrinter:
         self.advance()
 
     def proposed(self, ev: dict[str, Any]) -> None:
-        seconds = ev.get("predicted_seconds")
+        seconds, exponent = ev.get("predicted_seconds"), ev.get("cost_exponent")
         self.say(f"  trial {ev['trial_id']}: proposed as {ev['proposed_by']}"
+                 + (f" (cost^{exponent:.2f})" if exponent is not None else "")
                  + (f", predicted {seconds:.0f}s" if seconds is not None else ""))
 
     def fold(self, ev: dict[str, Any]) -> None:

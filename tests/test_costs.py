@@ -1,6 +1,6 @@
 """Cost-aware proposals (`search.cost_aware`): the arithmetic a proposal is priced by, the cost model fitted
-to a run's timed trials, the Gaussian process's choice per predicted second, the deadline no proposal may
-overrun, and `nas search` end to end."""
+to a run's timed trials, the Gaussian process's choice per predicted second (and per cooled second,
+`search.cost_cooling`), the deadline no proposal may overrun, and `nas search` end to end."""
 
 import keras_tuner
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 from nas.runlog import read_events, read_trials
 from nas.search import costs
-from nas.search.oracles import CostContext, cost_aware, expected_improvement, stop_reason
+from nas.search.oracles import Cooling, CostContext, cost_aware, expected_improvement, stop_reason
 from nas.space import load_space, parse_space, trial_values
 from nas.trial import FoldResult, TrialRecord, TrialStatus
 
@@ -150,10 +150,10 @@ SPACE = parse_space(SPACE_TEXT, "priced.yaml")
 class Run:
     """A Bayesian oracle over SPACE with trials finished by hand, and the log records cost_aware reads."""
 
-    def __init__(self, tmp_path, deadline=None, initial=2, space=None):
+    def __init__(self, tmp_path, deadline=None, initial=2, space=None, max_trials=50, cooling=None):
         from nas.search.oracles import OBJECTIVE
 
-        self.oracle = keras_tuner.oracles.BayesianOptimizationOracle(objective=OBJECTIVE, max_trials=50,
+        self.oracle = keras_tuner.oracles.BayesianOptimizationOracle(objective=OBJECTIVE, max_trials=max_trials,
                                                                      num_initial_points=initial, seed=3)
         self.oracle._set_project_dir(str(tmp_path), "search")
         self.oracle.verbose = 0
@@ -164,7 +164,7 @@ class Run:
         self.records, self.events = {}, []
         self.ctx = CostContext(trials=lambda: dict(self.records), emit=lambda kind, **f: self.events.append((kind, f)),
                                deadline=deadline, epochs=10, folds=3, image_size=32)
-        cost_aware(self.oracle, self.space, self.ctx)
+        cost_aware(self.oracle, self.space, self.ctx, cooling)
 
     def end(self, trial, score):
         self.oracle.update_trial(trial.trial_id, {"score": score})
@@ -314,3 +314,62 @@ def test_a_warm_start_that_cannot_finish_is_passed_over_and_the_search_goes_on(t
 
 def flow(values: dict) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"
+
+
+def cheap_ones_and_a_better_dear_one(run: Run) -> None:
+    """The trap cooling is for: three cheap trials the process is sure are poor, one dear trial that is better."""
+    ratio = costs.CostModel(1.0).relative(costs.work(SPACE, DEAR, 32)) / costs.CostModel(1.0).relative(costs.work(SPACE, CHEAP, 32))
+    for lr, score in ((1e-3, 0.62), (3e-3, 0.6), (1e-2, 0.61)):
+        run.finish({**CHEAP, "optimizer.learning_rate": lr}, score, 0.1)
+    run.finish(DEAR, 0.8, 0.1 * ratio)
+
+
+@pytest.mark.parametrize("cooled", [False, True])
+def test_cooling_spends_the_end_of_the_budget_where_the_process_expects_the_best(tmp_path, cooled):
+    run = Run(tmp_path, initial=4, max_trials=6, cooling=Cooling() if cooled else None)
+    cheap_ones_and_a_better_dear_one(run)
+    sizes, exponents = [], []
+    for _ in range(2):  # trials 5 and 6 of 6: the first and the last proposal of the process
+        trial, fields = run.propose()
+        assert fields["proposed_by"] == "expected improvement per second"
+        sizes.append(trial.hyperparameters.values["input.image_size"])
+        exponents.append(fields.get("cost_exponent"))
+        run.end(trial, 0.6)
+    # per second (cost^1) both proposals stay in the cheap 32 px corner; cooled, the first is the same choice
+    # and the last, at cost^0, goes to 64 px, the region that scored best
+    assert sizes == ([32, 64] if cooled else [32, 32])
+    assert exponents == ([1.0, 0.0] if cooled else [None, None])
+
+
+def test_cooling_falls_with_the_time_left(monkeypatch):
+    from nas.search import oracles
+
+    clock = [1000.0]
+    monkeypatch.setattr(oracles.time, "time", lambda: clock[0])
+    cooling, deadline = Cooling(), 1100.0
+    assert cooling.exponent(deadline, done=3, max_trials=50) == 1.0  # the first proposal sets the start
+    clock[0] = 1075.0
+    assert cooling.exponent(deadline, done=9, max_trials=50) == 0.25  # a quarter of the time left
+    clock[0] = 1101.0
+    assert cooling.exponent(deadline, done=12, max_trials=50) == 0.0  # past the deadline: never negative
+
+
+def test_nas_search_cost_cooling_logs_and_says_the_exponent(tmp_path, tiny_data):
+    exp = write_experiment(tmp_path / "exp.toml", tiny_data,
+                           search={"tuner": "bayesian", "cost_aware": True, "cost_cooling": True,
+                                   "bayesian_initial_points": 1, "space": str(REPO / "search_spaces" / "small_cnn.yaml")},
+                           budget={"max_trials": 4, "epochs": 1})
+    res = cli("search", exp, "--results", tmp_path / "results")
+    assert res.code == 0, res.err
+    events = read_events(next((tmp_path / "results").glob("tiny/*")) / "trials.jsonl")
+    proposed = [e for e in events if e["event"] == "trial_proposed"]
+    # no time budget: the exponent falls by trials, from 1 at the process's first proposal to 0 at the last
+    assert [e.get("cost_exponent") for e in proposed] == [None, 1.0, 0.5, 0.0]
+    assert f"trial {proposed[2]['trial_id']}: proposed as expected improvement per second (cost^0.50), predicted " in res.out
+
+
+def test_cost_cooling_without_cost_aware_is_refused_in_one_line(tmp_path, tiny_data):
+    exp = write_experiment(tmp_path / "exp.toml", tiny_data, search={"tuner": "bayesian", "cost_cooling": True})
+    res = cli("search", exp, "--results", tmp_path / "results")
+    assert res.code != 0
+    assert "search.cost_cooling = true cools the cost of cost-aware proposals: set search.cost_aware = true too" in res.err

@@ -76,11 +76,13 @@ def make_oracle(search: SearchConfig, budget: BudgetConfig, space: SearchSpace, 
     else:
         raise NasError(f"search.tuner = {tuner!r}: unknown tuner")
     oracle.verbose = 0
+    if search.cost_cooling and not search.cost_aware:
+        raise NasError("search.cost_cooling = true cools the cost of cost-aware proposals: set search.cost_aware = true too")
     if search.cost_aware:
         if tuner not in ("random", "bayesian"):
             raise NasError(f"search.cost_aware = true works with search.tuner random or bayesian, not {tuner}")
         if cost is not None:
-            oracle = cost_aware(oracle, space, cost)
+            oracle = cost_aware(oracle, space, cost, Cooling() if search.cost_cooling else None)
     return oracle
 
 
@@ -164,7 +166,31 @@ class Pricing:
                 if self.rejected and self.left is not None else "")
 
 
-def cost_aware(oracle, space: SearchSpace, ctx: CostContext):
+class Cooling:
+    """The exponent a on cost in expected improvement per cost^a (Lee, Eriksson, Perrone and Seeger, "Cost-aware
+    Bayesian optimization", 2020: CArBO's cost cooling): 1 at the first proposal of the Gaussian process in this
+    process, falling linearly to 0 at the deadline or at the proposal of the last of max_trials, whichever comes
+    first. Why: at a = 1 a 60-minute search on shapes (`results/dev-E60`) proposed the cheapest network in the
+    space for 26 of its 57 trials, every one raced out after a fold at 0.64-0.77 against the incumbent's 0.87:
+    once the process is sure a cheap region is poor, its small improvement over a tenth of the cost still
+    outranks an expensive region's larger one. Cooling keeps cheap exploration early and spends the end of the
+    budget on what the process expects to be best. A resumed search starts its own cooling with its own budget."""
+
+    def __init__(self):
+        self.start: tuple[float, int] | None = None  # (time, trials done) at the process's first proposal
+
+    def exponent(self, deadline: float | None, done: int, max_trials: int) -> float:
+        now = time.time()
+        if self.start is None:
+            self.start = (now, done)
+        began, done_then = self.start
+        share = (max_trials - done - 1) / max(max_trials - done_then - 1, 1)  # the last proposal: 0
+        if deadline is not None:  # whichever budget ends first
+            share = min(share, (deadline - now) / max(deadline - began, 1e-9))
+        return float(min(max(share, 0.0), 1.0))
+
+
+def cost_aware(oracle, space: SearchSpace, ctx: CostContext, cooling: Cooling | None = None):
     """Proposals that weigh what a trial costs (`search.cost_aware`).
 
     - Past the initial points, the Gaussian process's proposal is, of CANDIDATES random points, the one with
@@ -178,18 +204,22 @@ def cost_aware(oracle, space: SearchSpace, ctx: CostContext):
       replaced by the best candidate that fits. When none fits, the search ends there (`stop_reason`)
       instead of starting a trial the budget cuts short; `nas resume` with more time goes on. (Trials
       KerasTuner hands out again, a dead worker's or an interrupted one, are not proposals: they continue.)
-      Each proposal is logged (`trial_proposed`: predicted seconds, and which rule proposed it)."""
+      Each proposal is logged (`trial_proposed`: predicted seconds, and which rule proposed it).
+    - With `search.cost_cooling` (a `Cooling`), the process divides by cost^a with a falling from 1 to 0 over the
+      rest of the budget, and logs a (`cost_exponent`)."""
     propose = oracle.populate_space
     bayesian = isinstance(oracle, keras_tuner.oracles.BayesianOptimizationOracle)
 
     def populate_space(trial_id):
-        price = Pricing(space, ctx)
+        price, extra = Pricing(space, ctx), {}
         done = sum(t.status == KTStatus.COMPLETED for t in oracle.trials.values())
         starts = [w for w in pending_warm_starts(oracle, space) if price.fits(w)]
         if starts:
             values, how = starts[0], "warm start"
         elif bayesian and done >= oracle.num_initial_points:
-            values, how = per_second(oracle, price)
+            exponent = 1.0 if cooling is None else cooling.exponent(ctx.deadline, done, oracle.max_trials)
+            values, how = per_second(oracle, price, exponent)
+            extra = {} if cooling is None else {"cost_exponent": round(exponent, 3)}
         else:
             proposal = propose(trial_id)
             if proposal.get("status") != KTStatus.RUNNING:
@@ -202,7 +232,7 @@ def cost_aware(oracle, space: SearchSpace, ctx: CostContext):
             return {"status": KTStatus.STOPPED, "values": None}
         need = price.seconds(values)
         ctx.emit(Event.TRIAL_PROPOSED, trial_id=trial_id, proposed_by=how,
-                 predicted_seconds=None if need is None else round(need, 1))
+                 predicted_seconds=None if need is None else round(need, 1), **extra)
         return {"status": KTStatus.RUNNING, "values": values}
 
     oracle.populate_space = populate_space
@@ -224,10 +254,11 @@ def expected_improvement(mu: np.ndarray, sd: np.ndarray, best: float) -> np.ndar
     return (best - mu) * norm.cdf(z) + sd * norm.pdf(z)
 
 
-def per_second(oracle, price: Pricing) -> tuple[dict | None, str]:
+def per_second(oracle, price: Pricing, exponent: float = 1.0) -> tuple[dict | None, str]:
     """Of CANDIDATES random points, the untried one with the highest expected improvement per predicted
-    second that fits the time left; ties (no improvement expected anywhere) go to the lowest predicted value.
-    None of them untried: a random untried point, as the `untried` wrapper does."""
+    second (to the power `exponent`: `Cooling`) that fits the time left; ties (no improvement expected
+    anywhere) go to the lowest predicted value. None of them untried: a random untried point, as the
+    `untried` wrapper does."""
     gp, bounds = ktadapter.gaussian_process(oracle)
     if gp is None:
         return random_fitting(oracle, price), "random point that fits the time left"
@@ -236,7 +267,7 @@ def per_second(oracle, price: Pricing) -> tuple[dict | None, str]:
     scores = [t.score for t in oracle.trials.values() if t.status == KTStatus.COMPLETED and t.score is not None]
     best = -max(scores) if scores else float(np.min(mu))
     values = [ktadapter.vector_to_values(oracle, p) for p in points]
-    rate = expected_improvement(mu, sd, best) / np.array([price.relative(v) for v in values])
+    rate = expected_improvement(mu, sd, best) / np.array([price.relative(v) for v in values]) ** exponent
     untried = False
     for i in np.lexsort((mu, -rate)):  # best first: the duplicate check stops at the first that fits
         if ktadapter.is_duplicate(oracle, values[i]):
