@@ -125,6 +125,9 @@ class SearchConfig:
     cost_aware: bool = key(False, help="propose by expected improvement per predicted second (Gaussian process, "
                            "search.tuner bayesian), and never a trial predicted not to finish its folds before the "
                            "time budget ends (bayesian or random); see nas/search/costs.py")
+    noise_aware: bool = key(False, help="with cost_aware: the Gaussian process behind its proposals models noisy "
+                            "scores (a length scale per hyperparameter and a fitted noise term) instead of KerasTuner's "
+                            "isotropic, noise-free one; see nas.ktadapter.noise_aware_process")
     cost_cooling: bool = key(False, help="with cost_aware: divide expected improvement by cost^a, a falling from 1 when "
                              "the Gaussian process takes over to 0 at the time budget's end (or the last trial), so a "
                              "long search stops favouring the cheapest networks once it knows them (cost-aware BO, CArBO)")

@@ -372,4 +372,4 @@ def test_cost_cooling_without_cost_aware_is_refused_in_one_line(tmp_path, tiny_d
     exp = write_experiment(tmp_path / "exp.toml", tiny_data, search={"tuner": "bayesian", "cost_cooling": True})
     res = cli("search", exp, "--results", tmp_path / "results")
     assert res.code != 0
-    assert "search.cost_cooling = true cools the cost of cost-aware proposals: set search.cost_aware = true too" in res.err
+    assert "search.cost_cooling = true changes cost-aware proposals: set search.cost_aware = true too" in res.err

@@ -76,13 +76,14 @@ def make_oracle(search: SearchConfig, budget: BudgetConfig, space: SearchSpace, 
     else:
         raise NasError(f"search.tuner = {tuner!r}: unknown tuner")
     oracle.verbose = 0
-    if search.cost_cooling and not search.cost_aware:
-        raise NasError("search.cost_cooling = true cools the cost of cost-aware proposals: set search.cost_aware = true too")
+    for name in ("cost_cooling", "noise_aware"):
+        if getattr(search, name) and not search.cost_aware:
+            raise NasError(f"search.{name} = true changes cost-aware proposals: set search.cost_aware = true too")
     if search.cost_aware:
         if tuner not in ("random", "bayesian"):
             raise NasError(f"search.cost_aware = true works with search.tuner random or bayesian, not {tuner}")
         if cost is not None:
-            oracle = cost_aware(oracle, space, cost, Cooling() if search.cost_cooling else None)
+            oracle = cost_aware(oracle, space, cost, Cooling() if search.cost_cooling else None, search.noise_aware)
     return oracle
 
 
@@ -190,7 +191,8 @@ class Cooling:
         return float(min(max(share, 0.0), 1.0))
 
 
-def cost_aware(oracle, space: SearchSpace, ctx: CostContext, cooling: Cooling | None = None):
+def cost_aware(oracle, space: SearchSpace, ctx: CostContext, cooling: Cooling | None = None,
+               noise_aware: bool = False):
     """Proposals that weigh what a trial costs (`search.cost_aware`).
 
     - Past the initial points, the Gaussian process's proposal is, of CANDIDATES random points, the one with
@@ -206,7 +208,8 @@ def cost_aware(oracle, space: SearchSpace, ctx: CostContext, cooling: Cooling | 
       KerasTuner hands out again, a dead worker's or an interrupted one, are not proposals: they continue.)
       Each proposal is logged (`trial_proposed`: predicted seconds, and which rule proposed it).
     - With `search.cost_cooling` (a `Cooling`), the process divides by cost^a with a falling from 1 to 0 over the
-      rest of the budget, and logs a (`cost_exponent`)."""
+      rest of the budget, and logs a (`cost_exponent`).
+    - With `search.noise_aware` the process is `ktadapter.noise_aware_process`, not KerasTuner's."""
     propose = oracle.populate_space
     bayesian = isinstance(oracle, keras_tuner.oracles.BayesianOptimizationOracle)
 
@@ -218,7 +221,7 @@ def cost_aware(oracle, space: SearchSpace, ctx: CostContext, cooling: Cooling | 
             values, how = starts[0], "warm start"
         elif bayesian and done >= oracle.num_initial_points:
             exponent = 1.0 if cooling is None else cooling.exponent(ctx.deadline, done, oracle.max_trials)
-            values, how = per_second(oracle, price, exponent)
+            values, how = per_second(oracle, price, exponent, noise_aware)
             extra = {} if cooling is None else {"cost_exponent": round(exponent, 3)}
         else:
             proposal = propose(trial_id)
@@ -254,12 +257,12 @@ def expected_improvement(mu: np.ndarray, sd: np.ndarray, best: float) -> np.ndar
     return (best - mu) * norm.cdf(z) + sd * norm.pdf(z)
 
 
-def per_second(oracle, price: Pricing, exponent: float = 1.0) -> tuple[dict | None, str]:
+def per_second(oracle, price: Pricing, exponent: float = 1.0, noise_aware: bool = False) -> tuple[dict | None, str]:
     """Of CANDIDATES random points, the untried one with the highest expected improvement per predicted
     second (to the power `exponent`: `Cooling`) that fits the time left; ties (no improvement expected
     anywhere) go to the lowest predicted value. None of them untried: a random untried point, as the
     `untried` wrapper does."""
-    gp, bounds = ktadapter.gaussian_process(oracle)
+    gp, bounds = ktadapter.gaussian_process(oracle, noise_aware)
     if gp is None:
         return random_fitting(oracle, price), "random point that fits the time left"
     points = ktadapter.unit_candidates(oracle, bounds, CANDIDATES)
