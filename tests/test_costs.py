@@ -354,13 +354,19 @@ def test_cooling_falls_with_the_time_left(monkeypatch):
     assert cooling.exponent(deadline, done=12, max_trials=50) == 0.0  # past the deadline: never negative
 
 
-def test_nas_search_cost_cooling_logs_and_says_the_exponent(tmp_path, tiny_data):
+def test_nas_search_cost_cooling_and_noise_aware_log_and_say_the_exponent(tmp_path, tiny_data, monkeypatch):
+    from nas import ktadapter
+
+    built = []
+    real = ktadapter.noise_aware_process
+    monkeypatch.setattr(ktadapter, "noise_aware_process", lambda dims, seed: built.append(dims) or real(dims, seed))
     exp = write_experiment(tmp_path / "exp.toml", tiny_data,
-                           search={"tuner": "bayesian", "cost_aware": True, "cost_cooling": True,
+                           search={"tuner": "bayesian", "cost_aware": True, "cost_cooling": True, "noise_aware": True,
                                    "bayesian_initial_points": 1, "space": str(REPO / "search_spaces" / "small_cnn.yaml")},
                            budget={"max_trials": 4, "epochs": 1})
     res = cli("search", exp, "--results", tmp_path / "results")
     assert res.code == 0, res.err
+    assert len(built) == 3  # each proposal of the process fitted the noise-aware one
     events = read_events(next((tmp_path / "results").glob("tiny/*")) / "trials.jsonl")
     proposed = [e for e in events if e["event"] == "trial_proposed"]
     # no time budget: the exponent falls by trials, from 1 at the process's first proposal to 0 at the last
@@ -368,8 +374,31 @@ def test_nas_search_cost_cooling_logs_and_says_the_exponent(tmp_path, tiny_data)
     assert f"trial {proposed[2]['trial_id']}: proposed as expected improvement per second (cost^0.50), predicted " in res.out
 
 
-def test_cost_cooling_without_cost_aware_is_refused_in_one_line(tmp_path, tiny_data):
-    exp = write_experiment(tmp_path / "exp.toml", tiny_data, search={"tuner": "bayesian", "cost_cooling": True})
+@pytest.mark.parametrize("name", ["cost_cooling", "noise_aware"])
+def test_a_cost_aware_option_without_cost_aware_is_refused_in_one_line(tmp_path, tiny_data, name):
+    exp = write_experiment(tmp_path / "exp.toml", tiny_data, search={"tuner": "bayesian", name: True})
     res = cli("search", exp, "--results", tmp_path / "results")
     assert res.code != 0
-    assert "search.cost_cooling = true changes cost-aware proposals: set search.cost_aware = true too" in res.err
+    assert f"search.{name} = true changes cost-aware proposals: set search.cost_aware = true too" in res.err
+
+
+def test_the_noise_aware_process_sees_through_noisy_scores(tmp_path):
+    from nas import ktadapter
+
+    run = Run(tmp_path, initial=12, max_trials=20)
+    # one cheap network, its scores scattered by the learning rate as one-fold scores are; a dear one better
+    for lr, score in ((1e-3, 0.66), (1.5e-3, 0.85), (2e-3, 0.70), (3e-3, 0.86), (4e-3, 0.68), (6e-3, 0.84), (8e-3, 0.71)):
+        run.finish({**CHEAP, "optimizer.learning_rate": lr}, score, 0.1)
+    for lr, score in ((2e-3, 0.90), (5e-3, 0.91)):
+        run.finish({**DEAR, "optimizer.learning_rate": lr}, score, 0.7)
+    x, _ = run.oracle._vectorize_trials()
+    cheap, dear = x[:7].mean(axis=0), x[7:].mean(axis=0)
+    gp, _ = ktadapter.gaussian_process(run.oracle, noise_aware=True)
+    mu = -gp.predict(np.stack([cheap, dear]))  # the process models the negated score
+    assert mu[1] - mu[0] > 0.04  # the dear region predicted better (the groups' means: 0.757 and 0.905)
+    assert gp.kernel_.k2.noise_level > 1e-3  # the scatter is taken as noise, not interpolated
+    # why the option exists: KerasTuner's noise-free process interpolates the scatter with a vanishing length
+    # scale and predicts the same everywhere (here 0.79 at both), so expected improvement sees no regions
+    kt, _ = ktadapter.gaussian_process(run.oracle)
+    flat = -kt.predict(np.stack([cheap, dear]))
+    assert abs(flat[1] - flat[0]) < 0.01
