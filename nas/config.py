@@ -129,8 +129,9 @@ class SearchConfig:
                             "scores (a length scale per hyperparameter and a fitted noise term) instead of KerasTuner's "
                             "isotropic, noise-free one; see nas.ktadapter.noise_aware_process")
     cost_cooling: bool = key(False, help="with cost_aware: divide expected improvement by cost^a, a falling from 1 when "
-                             "the Gaussian process takes over to 0 at the time budget's end (or the last trial), so a "
-                             "long search stops favouring the cheapest networks once it knows them (cost-aware BO, CArBO)")
+                             "the Gaussian process takes over to 0 at the time budget's end (or the last trial): cheap trials "
+                             "early, the expected best late (CArBO); with KerasTuner's process it changes nothing, "
+                             "use it with noise_aware")
     checkpoint_every_s: float = key(0.0, _nonneg, "write the running trial's epoch checkpoint at most this often "
                                     "(seconds; 0: after every epoch); a stop or the deadline always writes one")
 
