@@ -1,6 +1,6 @@
 """The parts of benchmarks/anchors.py and benchmarks/generalization.py that read data and model cards, on
 tiny data and the shared exported run (the searches themselves are measured by the lead, not here), and
-benchmarks/detail.py, recipe.py, session_adapt.py, racing.py and selection.py end to end on tiny
+benchmarks/detail.py, recipe.py, session_adapt.py, fold_vs_ensemble.py, racing.py and selection.py end to end on tiny
 cross-validated runs; costs.py on the shared finished run."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import anchors  # noqa: E402
 import costs as costs_bench  # noqa: E402
 import detail  # noqa: E402
+import fold_vs_ensemble  # noqa: E402
 import generalization  # noqa: E402
 import racing  # noqa: E402
 import recipe  # noqa: E402
@@ -323,6 +324,32 @@ def test_session_adapt_reproduces_the_card_as_shipped_and_leaves_the_models_as_t
 
     rates = sorted(layer.rate for layer in all_layers(model) if isinstance(layer, keras.layers.Dropout))
     assert rates == [0.1, 0.4]  # spatial dropout in the block, dropout in the head: both put back
+
+
+def test_fold_vs_ensemble_scores_the_export_as_nas_predict_does_and_each_fold_model_alone(cv_run, easy_data, tmp_path,
+                                                                                          monkeypatch, capsys):
+    if not (cv_run / "export" / "model_card.json").is_file():
+        assert cli("export", cv_run).code == 0
+    monkeypatch.setattr(sys, "argv", ["fold_vs_ensemble.py", str(cv_run), str(easy_data)])
+    fold_vs_ensemble.main()
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    card = json.loads((cv_run / "export" / "model_card.json").read_text())
+    models = out["models"]
+    assert list(models) == ["out of fold (where the threshold was chosen)", "fold 0 alone", "fold 1 alone", "fold 2 alone",
+                            "fold average (the export)"]
+    assert out["threshold"] == pytest.approx(card["threshold"])
+    # the fold average is the export: the same figures as `nas predict` on the same frames at the same threshold
+    assert cli("predict", cv_run / "export", easy_data, "--out", tmp_path / "p.csv").code == 0
+    truth = {r["path"].split("/")[-1]: r["label"] == "positive" for r in csv.DictReader(open(easy_data / "labels.csv"))}
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    y = np.array([truth[Path(r["path"]).name] for r in rows], int)
+    called = np.array([float(r["probability"]) >= card["threshold"] for r in rows])
+    assert models["fold average (the export)"]["recall"] == pytest.approx(called[y == 1].mean(), abs=1e-4)
+    assert models["fold average (the export)"]["precision"] == pytest.approx(y[called].mean(), abs=1e-4)
+    oof = models.pop("out of fold (where the threshold was chosen)")
+    assert oof["sessions_keeping_floor"][1] < 6  # the test split's session is not out of fold
+    for fig in models.values():  # the six sessions of the frames given
+        assert 0 <= fig["recall"] <= 1 and fig["sessions_keeping_floor"][1] == 6
 
 
 def test_racing_replay_and_selection_on_a_run_searched_without_racing(tmp_path, easy_data, finished_run,

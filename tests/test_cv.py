@@ -85,6 +85,15 @@ def test_export_averages_the_fold_models_with_the_out_of_fold_threshold(cv_run, 
     assert card["threshold"] == pytest.approx(precision_at_recall(y, oof, 0.9).threshold)
     assert card["metrics"]["oof"]["n"] == 80 and card["metrics"]["test"]["n"] == 16
     assert card["search_estimate"]["objective"] == pytest.approx(best.objective)
+    # the card names the session that sets the threshold, and what the same rule gives without it
+    _, rows = oof_labels(cv_run)
+    groups = np.array([r["group"] for r in rows])
+    recall = {g: float(np.mean(oof[(groups == g) & (y == 1)] >= card["threshold"])) for g in np.unique(groups)}
+    ts = card["threshold_sessions"]
+    assert ts["recall"] == pytest.approx(recall, abs=1e-4) and recall[ts["hardest"]] == min(recall.values())
+    rest = groups != ts["hardest"]
+    assert ts["without_hardest"]["threshold"] == pytest.approx(precision_at_recall(y[rest], oof[rest], 0.9).threshold)
+    assert f"`{ts['hardest']}` (the hardest" in (tmp_path / "exp" / "MODEL_CARD.md").read_text()
 
     import keras
 

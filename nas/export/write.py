@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from nas import drift as drift_mod
-from nas.export.calibrate import Calibration
+from nas.export.calibrate import Calibration, sessions_at_threshold
 from nas.export.members import Member
 from nas.prepare import RunFrames
 from nas.reopen import OpenRun
@@ -68,6 +68,7 @@ def model_card(opened: OpenRun, members: list[Member], net, size: int, cal: Cali
         "folds": len(members[0].weights) if len(members[0].weights) > 1 else None,
         "threshold": cal.op.threshold, "recall_floor": exp.objective.recall_floor, "threshold_from": cal.split,
         "recall_confidence": exp.objective.recall_confidence, "threshold_note": cal.op.note or None,
+        "threshold_sessions": sessions_at_threshold(cal, exp.objective.recall_floor, exp.objective.recall_confidence),
         "search_estimate": {"objective": best.objective, "ci95": list(best.objective_ci95 or ()), "split": best.split},
         "refit": refit,
         "keras_file_needs": "autokeras (AutoKeras layers)" if exp.search.tuner == "autokeras" else "keras only",
@@ -140,6 +141,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _sessions_line(ts: dict | None) -> list[str]:
+    """Which session sets the threshold, and what the same rule gives without it."""
+    if not ts:
+        return []
+    hard, recall, w = ts["hardest"], ts["recall"], ts["without_hardest"]
+    others = [r for g, r in recall.items() if g != hard]
+    line = (f"- Sessions on {ts['split']} at the threshold: recall {recall[hard]:.3f} on `{hard}` (the hardest, "
+            f"{ts['positives'][hard]} positives), {min(others):.3f}-{max(others):.3f} on the other {len(others)}")
+    if w["reason"]:
+        return [line + f"; without `{hard}` the rule finds no threshold ({w['reason']})"]
+    return [line + f"; without `{hard}` the same rule would set {w['threshold']:.4g}, precision on the others "
+            f"{w['precision_on_the_rest_at_this_threshold']:.3f} -> {w['precision_on_the_rest']:.3f}"]
+
+
 def _card_markdown(card: dict[str, Any]) -> str:
     cal = card["threshold_from"]
     t, v = card["metrics"]["test"], card["metrics"][cal]
@@ -153,6 +168,7 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"- Architecture family: `{card['architecture']}`, {card['params']} parameters, {card['latency_ms_batch1']} ms/frame at batch 1 (search machine)",
         f"- Threshold {card['threshold']:.6g}, chosen on **{cal}** for recall >= {card['recall_floor']}"
         + (f" (its {card['recall_confidence']:g} one-sided lower bound)" if card.get("recall_confidence") else ""),
+        *_sessions_line(card.get("threshold_sessions")),
         f"- Input: raw frames of any size, normalized inside the model to {card['input']['image_size']} px",
         "",
         "| split | n | positives | precision | recall | weighted F1 | PR-AUC | precision at floor |",
