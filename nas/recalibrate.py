@@ -108,7 +108,8 @@ def _write_export(clf, folder: Path, record: dict[str, Any]) -> None:
                             signatures={"serving_default": module.serve, "serve_uint16": module.serve_uint16})
         card = dict(clf.card)
         card.update(threshold=record["new"]["threshold"], threshold_from="recalibration", recall_floor=record["recall_floor"],
-                    recall_confidence=record["recall_confidence"], recalibration=record)
+                    recall_confidence=record["recall_confidence"], recalibration=record,
+                    threshold_sessions=None)  # it described the threshold this export no longer serves
         atomic_write_json(tmp / "model_card.json", card)
         md = (clf.export / "MODEL_CARD.md").read_text() if (clf.export / "MODEL_CARD.md").is_file() else ""
         atomic_write_text(tmp / "MODEL_CARD.md", md + _markdown(record))

@@ -77,6 +77,7 @@ def test_recalibrate_picks_the_hand_computed_threshold_and_writes_a_new_export_b
     card = json.loads((new / "model_card.json").read_text())
     expected = hand_threshold(y, p, old_card["recall_floor"], 0.9)  # the export had no confidence: 0.9 by default
     assert card["threshold"] == pytest.approx(expected, abs=1e-7) and card["threshold_from"] == "recalibration"
+    assert card["threshold_sessions"] is None  # the old threshold's sessions are not this one's
     r = card["recalibration"]
     assert (r["n"], r["positives"], r["negatives"], r["recall_confidence"]) == (60, 40, 20, 0.9)
     called = p >= expected
