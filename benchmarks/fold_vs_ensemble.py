@@ -15,22 +15,23 @@ the precision at the floor had the threshold been chosen on these frames) and, l
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
 
-def new_session_frames(data: Path, size: int, clip: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frames normalized as the cache normalizes them, their labels and sessions."""
-    import tifffile
+def new_session_frames(opened, data: Path, size: int):
+    """The folder's frames through the project's own scan and cache (any instrument format, the experiment's
+    clip, signal and pixel size, decoded once into the run's cache; read a batch at a time), their labels and
+    sessions."""
+    from nas.cache import build_cache
+    from nas.data import scan
 
-    from nas.preprocess import normalize_np
-
-    rows = list(csv.DictReader(open(data / "labels.csv")))
-    x = np.stack([normalize_np(tifffile.imread(data / r["path"]), size, clip) for r in rows])
-    return x, np.array([r["label"] == "positive" for r in rows], int), np.array([r["group"] for r in rows])
+    d = opened.exp.data
+    cached = build_cache(scan(data, d.positive, d.negative), data, opened.run.cache_root, size,
+                         tuple(d.clip_percentiles), signal=d.signal, pixel_size_nm=d.pixel_size_nm)
+    return cached.frames, cached.labels.astype(int), np.array([r.group for r in cached.records])
 
 
 def figures(y: np.ndarray, groups: np.ndarray, prob: np.ndarray, threshold: float, floor: float) -> dict:
@@ -65,15 +66,15 @@ def main() -> None:
     folds = per_member[0]
     if len(folds) < 2:
         raise SystemExit(f"{args.run}: trial {card['trial_id']} has one model; this compares fold models with their average")
-    x, y, groups = new_session_frames(args.data, size, tuple(opened.exp.data.clip_percentiles))
-    rows, tta = np.arange(len(x)), opened.exp.augment.tta
+    x, y, groups = new_session_frames(opened, args.data, size)
+    rows, tta = np.arange(len(y)), opened.exp.augment.tta
     threshold, floor = float(card["threshold"]), float(card["recall_floor"])
     probs = {f"fold {k} alone": training.predict_rows(m, x, rows, tta=tta) for k, m in enumerate(folds)}
     probs["fold average (the export)"] = training.predict_rows(ensemble, x, rows, tta=tta)
     result = {name: figures(y, groups, p, threshold, floor) for name, p in probs.items()}
     oy, ogroups, oprob = oof_frames(args.run, str(card["trial_id"]))  # what the threshold was chosen on
     result = {"out of fold (where the threshold was chosen)": figures(oy, ogroups, oprob, threshold, floor), **result}
-    print(f"threshold {threshold:.4f} (card), floor {floor:g}; {len(x)} frames, {int(y.sum())} positives, "
+    print(f"threshold {threshold:.4f} (card), floor {floor:g}; {len(y)} frames, {int(y.sum())} positives, "
           f"{len(np.unique(groups))} sessions\n")
     print("| model | recall | precision | sessions keeping the floor | worst session's recall | precision at the floor, threshold chosen on them | PR-AUC |")
     print("|---|---|---|---|---|---|---|")
