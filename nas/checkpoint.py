@@ -103,8 +103,10 @@ class TrialProgress(keras.callbacks.Callback):
 
     def __init__(self, emit: Callable[..., None], trial_id: str, folder: Path, deadline: float | None, *,
                  early: ResumableEarlyStopping | None = None, restored: dict[str, Any] | None = None,
-                 track_best: bool = True, fold: int | None = None, every_s: float = 0.0, clock: Stopwatch | None = None):
+                 track_best: bool = True, fold: int | None = None, every_s: float = 0.0, clock: Stopwatch | None = None,
+                 stops_at_deadline: Callable[[], bool] | None = None):
         super().__init__()
+        self.stops_at_deadline = stops_at_deadline  # asked once the deadline has passed (None: always stop)
         self.emit, self.trial_id, self.folder, self.deadline, self.early = emit, trial_id, folder, deadline, early
         self.track_best, self.fold, self.every_s, self.clock = track_best, fold, every_s, clock or Stopwatch()
         self.best_key: tuple[float, float] | None = tuple(restored["best_key"]) if restored and restored.get("best_key") else None
@@ -124,7 +126,8 @@ class TrialProgress(keras.callbacks.Callback):
         where = {"fold": self.fold} if self.fold is not None else {}
         self.emit(Event.EPOCH, trial_id=self.trial_id, **where, epoch=epoch + 1, **logs)
         improved = self._track(epoch, logs)
-        if self.deadline is not None and time.time() >= self.deadline:
+        if self.deadline is not None and time.time() >= self.deadline and (
+                self.stops_at_deadline is None or self.stops_at_deadline()):
             self.out_of_time = True
             self.model.stop_training = True
         if stopping.requested():

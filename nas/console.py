@@ -44,7 +44,7 @@ class TrialPrinter:
         handler = {Event.SEARCH_STARTED: self.started, Event.TRIAL_PROPOSED: self.proposed,
                    Event.TRIAL_FINISHED: self.finished, Event.FOLD_FINISHED: self.fold,
                    Event.TRIAL_FAILED: self.failed, Event.TRIAL_INTERRUPTED: self.interrupted,
-                   Event.SEARCH_ENDED: self.ended}.get(ev["event"])
+                   Event.BUDGET_PASSED: self.overrun, Event.SEARCH_ENDED: self.ended}.get(ev["event"])
         if handler:
             handler(ev)
 
@@ -106,6 +106,11 @@ class TrialPrinter:
 
     def interrupted(self, ev: dict[str, Any]) -> None:
         self.say(f"trial {ev['trial_id']}: interrupted ({ev['reason']}); 'nas resume' continues it")
+
+    def overrun(self, ev: dict[str, Any]) -> None:
+        self.say(f"time budget reached before any trial finished: trial {ev['trial_id']} goes on to finish, so the "
+                 "run has a model to export, and the search ends after it (Ctrl-C stops it; 'nas resume' continues "
+                 "it). On this machine a search that judges more than one trial needs a larger budget.time_budget")
 
     def ended(self, ev: dict[str, Any]) -> None:
         if self.bar is not None:

@@ -41,6 +41,7 @@ class Event(StrEnum):
     TRIAL_FINISHED = "trial_finished"
     TRIAL_FAILED = "trial_failed"
     TRIAL_INTERRUPTED = "trial_interrupted"
+    BUDGET_PASSED = "budget_passed"  # the time budget ran out before any trial finished: that trial goes on
     SEARCH_ENDED = "search_ended"
     DATA_SKIPPED = "data_skipped"
     WORKER_RECYCLED = "worker_recycled"

@@ -127,7 +127,11 @@ def test_a_series_gives_one_decision_per_frame(exported_run, tmp_path):
         ("series.tif", "0"), ("series.tif", "1"), ("series.tif", "2"), ("blank.tif", "0"), ("blank.tif", "1"), ("blank.tif", "2")]
     assert [r["error"] == "" for r in rows] == [True, True, True, True, False, True]
     assert "blank.tif frame 1: constant image" in rows[4]["error"]
-    assert rows[3]["probability"] == rows[0]["probability"] and rows[5]["probability"] == rows[2]["probability"]
+    # the same frames, so the same probabilities; to float32 rounding, not bit for bit: the blank frame leaves
+    # a batch of 2 where the series had 3, and on an AVX2-only CPU (AMD EPYC) the kernels then round
+    # differently (0.5268378 against 0.5268379, seen 2026-12-03)
+    same = lambda a, b: abs(float(a) - float(b)) < 1e-5  # noqa: E731
+    assert same(rows[3]["probability"], rows[0]["probability"]) and same(rows[5]["probability"], rows[2]["probability"])
 
 
 def test_the_haadf_signal_is_picked_by_name_and_data_signal_chooses_another(tmp_path):

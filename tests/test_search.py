@@ -94,7 +94,13 @@ def test_time_budget_ends_cleanly_and_resume_completes_the_trials(tmp_path, tiny
     assert res.code == 0, res.err
     assert "search ended: time budget reached" in res.out
     run = tmp_path / "res" / "tiny" / "r"
-    assert len(finished(run)) < 3
+    # a budget shorter than one trial (a slower machine): the first trial finishes anyway, said once, and the
+    # search ends after it with a model to export
+    assert "time budget reached before any trial finished: trial 0 goes on to finish" in res.out
+    assert [e["trial_id"] for e in read_events(run / "trials.jsonl") if e["event"] == "budget_passed"] == ["0"]
+    assert [e["trial_id"] for e in finished(run)] == ["0"]
+    assert finished(run)[0]["epochs_run"] == 2
+    assert cli("export", run, "--out", tmp_path / "x").code == 0
     res = cli("resume", run, "--time-budget", "0")
     assert res.code == 0, res.err
     trials = read_trials(run / "trials.jsonl")
@@ -179,3 +185,48 @@ def test_warm_start_with_hyperband_is_refused_naming_the_space(tmp_path, tiny_da
     res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r")
     assert res.code == 2
     assert "warm.yaml: warm_start works with search.tuner random or bayesian" in res.err
+
+
+class _Log:
+    def __init__(self, records):
+        self.records, self.events = records, []
+
+    def trials(self):
+        return self.records
+
+    def emit(self, event, **fields):
+        self.events.append((event, fields))
+
+
+def test_only_a_first_trial_goes_on_past_the_deadline():
+    from types import SimpleNamespace
+
+    from nas.search.tuner import NasTuner
+    from nas.trial import TrialRecord, TrialStatus
+
+    tuner = SimpleNamespace(log=_Log({"0": TrialRecord(trial_id="0", status=TrialStatus.RUNNING)}), overran=set(),
+                            tuner_id="tuner0", exp=SimpleNamespace(budget=SimpleNamespace(time_budget=900)))
+    ask = lambda tid: NasTuner.stops_at_deadline(tuner, tid)  # noqa: E731
+    assert ask("0") is False and ask("0") is False  # nothing finished yet: it goes on, said once
+    assert [(str(e), f["trial_id"], f["budget_s"]) for e, f in tuner.log.events] == [("budget_passed", "0", 900)]
+    tuner.log.records["1"] = TrialRecord(trial_id="1", status=TrialStatus.FINISHED, feasible=False)
+    assert ask("0") is False  # an infeasible trial has no model to export
+    tuner.log.records["2"] = TrialRecord(trial_id="2", status=TrialStatus.FINISHED)  # another worker's, say
+    assert ask("0") is True and ask("3") is True
+    assert len(tuner.log.events) == 1
+
+
+@pytest.mark.parametrize("stops", [True, False])
+def test_training_stops_at_a_passed_deadline_only_when_told_to(tmp_path, stops):
+    import keras
+
+    from nas.checkpoint import TrialProgress
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    asked = []
+    progress = TrialProgress(lambda *a, **k: None, "0", tmp_path, deadline=time.time() - 1,
+                             stops_at_deadline=lambda: asked.append(1) or stops)
+    history = model.fit(np.zeros((8, 2)), np.zeros(8), epochs=3, verbose=0, callbacks=[progress])
+    assert len(history.history["loss"]) == (1 if stops else 3)
+    assert progress.out_of_time is stops and len(asked) == (1 if stops else 3)

@@ -63,12 +63,14 @@ class FoldOutcome:
 
 @dataclass
 class FoldContext:
-    """What every fold of a search shares: the frames, the training section, where events go, the deadline."""
+    """What every fold of a search shares: the frames, the training section, where events go, the deadline,
+    and whether a trial stops at the deadline (asked with its id once the deadline has passed)."""
 
     frames: RunFrames
     training: TrainingConfig
     emit: Callable[..., None]
     deadline: float | None
+    stops_at_deadline: Callable[[str], bool] = lambda trial_id: True
 
 
 def finish_fold(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: dict | None,
@@ -113,7 +115,8 @@ def train(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: 
                                    restored=(ckpt or {}).get("early_stopping")) if patience else None
     progress = TrialProgress(ctx.emit, job.trial_id, job.folder, ctx.deadline, early=early, restored=ckpt,
                              track_best=job.select_best_epoch, fold=None if job.select_best_epoch else plan.index,
-                             every_s=job.checkpoint_every_s, clock=clock)
+                             every_s=job.checkpoint_every_s, clock=clock,
+                             stops_at_deadline=lambda: ctx.stops_at_deadline(job.trial_id))
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), progress]
     if job.board is not None:
         callbacks.append(Timed(keras.callbacks.TensorBoard(log_dir=str(job.board), write_graph=False, profile_batch=0),
