@@ -42,6 +42,13 @@ def test_export_writes_the_artifacts_and_card(exported_run):
         assert key in card["metrics"]["test"], key
     assert (exported_run / "pr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (exported_run.parent / "trials.jsonl").read_bytes() == (exported_run / "trials.jsonl").read_bytes()
+    # the processor the search ran on, from its start in the log: times and trial counts depend on it
+    from nas.precision import machine
+
+    here = machine()
+    assert here["cpu"] and here["cores"] >= 1
+    assert card["searched_on"] == [here]
+    assert f"Searched on: {here['cpu']}, {here['cores']} cores." in (exported_run / "MODEL_CARD.md").read_text()
 
 
 def test_export_takes_the_best_trial_with_its_best_epoch_and_calibrates_on_val(exported_run, finished_run):

@@ -19,7 +19,8 @@ from nas.export.members import Member
 from nas.prepare import RunFrames
 from nas.reopen import OpenRun
 from nas.report import write_export_report
-from nas.runlog import atomic_folder, atomic_write_json, atomic_write_text, read_trials
+from nas.runlog import atomic_folder, atomic_write_json, atomic_write_text, read_events, read_trials
+from nas.trial import Event
 
 SAVED_MODEL = "saved_model"
 PACKAGES = ("stem-nas", "tensorflow", "keras", "keras-tuner", "autokeras", "numpy", "scikit-learn", "tifffile")
@@ -81,7 +82,7 @@ def model_card(opened: OpenRun, members: list[Member], net, size: int, cal: Cali
         "search": {"tuner": exp.search.tuner, "trials": len(read_trials(run.trials_log)),
                    "objective": f"precision at recall >= floor on {best.split}", "tie_break": exp.objective.tie_break},
         "seed": {"data": exp.data.seed, "search": exp.search.seed},
-        "versions": _versions(), "trials_log_sha256": _sha256(run.trials_log),
+        "searched_on": _machines(run), "versions": _versions(), "trials_log_sha256": _sha256(run.trials_log),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -125,6 +126,19 @@ def serving_module(model, image_size: int, clip: tuple[float, float], threshold:
             return self._classify(frames, *pixel)
 
     return Serving()
+
+
+def _machines(run) -> list[dict]:
+    """Each processor the search ran on (its starts and resumes, its workers), once, as the log names them."""
+    seen = []
+    for ev in read_events(run.trials_log):
+        if ev["event"] == Event.SEARCH_STARTED and ev.get("machine") and ev["machine"] not in seen:
+            seen.append(ev["machine"])
+    return seen
+
+
+def _machine_names(machines: list[dict]) -> str:
+    return "; ".join(f"{m.get('cpu')}, {m.get('cores')} cores" for m in machines)
 
 
 def _versions() -> dict[str, str]:
@@ -184,6 +198,7 @@ def _card_markdown(card: dict[str, Any]) -> str:
         *[f"- `{k}`: {v}" for k, v in sorted(card["hyperparameters"].items())],
         "",
         f"Search: {card['search']['tuner']}, {card['search']['trials']} trials; trial log sha256 `{card['trials_log_sha256'][:16]}`.",
+        *([f"Searched on: {_machine_names(card['searched_on'])}."] if card.get("searched_on") else []),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),
         "",
     ]

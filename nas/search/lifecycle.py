@@ -127,7 +127,8 @@ def _announce(opened: OpenRun, frames: RunFrames, log: EventLog, resume: bool) -
              best=max((t.objective for t in logged), default=None), max_trials=budget.max_trials,
              time_budget=budget.time_budget, train=int(len(plans[0].train_rows)), val=int(len(frames.validation_rows())),
              folds=len(plans) if frames.cv else 0, skipped=len(frames.cached.skipped), balance=frames.balance(),
-             cache=str(frames.cached.directory), decoded=frames.cached.rebuilt, precision=arithmetic)
+             cache=str(frames.cached.directory), decoded=frames.cached.rebuilt, precision=arithmetic,
+             machine=precision.machine())
 
 
 def _search(opened: OpenRun, *, resume: bool, session: Session) -> RunDir:
