@@ -108,8 +108,10 @@ class TrialPrinter:
         self.say(f"trial {ev['trial_id']}: interrupted ({ev['reason']}); 'nas resume' continues it")
 
     def overrun(self, ev: dict[str, Any]) -> None:
-        self.say(f"time budget reached before any trial finished: trial {ev['trial_id']} goes on to finish, so the "
-                 "run has a model to export, and the search ends after it (Ctrl-C stops it; 'nas resume' continues "
+        left = ev.get("seconds_left")
+        more = f" (about {left / 60:.0f} min more at its pace so far)" if left is not None else ""
+        self.say(f"time budget reached before any trial finished: trial {ev['trial_id']} goes on to finish{more}, so "
+                 "the run has a model to export, and the search ends after it (Ctrl-C stops it; 'nas resume' continues "
                  "it). On this machine a search that judges more than one trial needs a larger budget.time_budget")
 
     def ended(self, ev: dict[str, Any]) -> None:

@@ -97,7 +97,8 @@ def test_time_budget_ends_cleanly_and_resume_completes_the_trials(tmp_path, tiny
     # a budget shorter than one trial (a slower machine): the first trial finishes anyway, said once, and the
     # search ends after it with a model to export
     assert "time budget reached before any trial finished: trial 0 goes on to finish" in res.out
-    assert [e["trial_id"] for e in read_events(run / "trials.jsonl") if e["event"] == "budget_passed"] == ["0"]
+    passed = [e for e in read_events(run / "trials.jsonl") if e["event"] == "budget_passed"]
+    assert [e["trial_id"] for e in passed] == ["0"] and passed[0]["seconds_left"] >= 0  # one epoch of two to go
     assert [e["trial_id"] for e in finished(run)] == ["0"]
     assert finished(run)[0]["epochs_run"] == 2
     assert cli("export", run, "--out", tmp_path / "x").code == 0
@@ -205,7 +206,8 @@ def test_only_a_first_trial_goes_on_past_the_deadline():
     from nas.trial import TrialRecord, TrialStatus
 
     tuner = SimpleNamespace(log=_Log({"0": TrialRecord(trial_id="0", status=TrialStatus.RUNNING)}), overran=set(),
-                            tuner_id="tuner0", exp=SimpleNamespace(budget=SimpleNamespace(time_budget=900)))
+                            tuner_id="tuner0", exp=SimpleNamespace(budget=SimpleNamespace(time_budget=900)),
+                            epochs_planned=6)
     ask = lambda tid: NasTuner.stops_at_deadline(tuner, tid)  # noqa: E731
     assert ask("0") is False and ask("0") is False  # nothing finished yet: it goes on, said once
     assert [(str(e), f["trial_id"], f["budget_s"]) for e, f in tuner.log.events] == [("budget_passed", "0", 900)]
@@ -230,3 +232,15 @@ def test_training_stops_at_a_passed_deadline_only_when_told_to(tmp_path, stops):
     history = model.fit(np.zeros((8, 2)), np.zeros(8), epochs=3, verbose=0, callbacks=[progress])
     assert len(history.history["loss"]) == (1 if stops else 3)
     assert progress.out_of_time is stops and len(asked) == (1 if stops else 3)
+
+
+def test_how_long_a_trial_goes_on_past_the_deadline_is_read_from_its_pace():
+    from nas.search.tuner import seconds_left
+    from nas.trial import TrialRecord, TrialStatus
+
+    rec = TrialRecord(trial_id="0", status=TrialStatus.RUNNING, started=100.0,
+                      epochs=({"epoch": 1, "fold": 0, "time": 110.0}, {"epoch": 2, "fold": 0, "time": 120.0}))
+    assert seconds_left(rec, 6) == 40.0  # 10 s an epoch, 4 epochs to go
+    resumed = rec.replace(epochs=({"epoch": 1, "fold": 2, "time": 50.0}, *rec.epochs))
+    assert seconds_left(resumed, 6) == 30.0  # an earlier process's epoch counts as done, not in the pace
+    assert seconds_left(rec.replace(epochs=()), 6) is None and seconds_left(None, 6) is None

@@ -64,6 +64,7 @@ class NasTuner(BaseTuner):
         self.rss_after_first: float | None = None
         self.ctx = fold_mod.FoldContext(frames, exp.training, log.emit, deadline, self.stops_at_deadline)
         self.overran: set[str] = set()  # trials told that they go on past the deadline
+        self.epochs_planned = 0  # of the running trial, all its folds (its pace says how long it goes on)
         self.policy = keras.mixed_precision.global_policy().name  # set by the run's precision decision
         super().__init__(oracle, hypermodel, directory=str(run.tuner), project_name="search", overwrite=False)
 
@@ -87,12 +88,14 @@ class NasTuner(BaseTuner):
         the Sapphire Rapids it was sized on). That trial goes on to finish, said once in the log and on the
         terminal; Ctrl-C still stops it, and the search ends after it. (Optuna's timeout lets every running
         trial finish; here only a first one.)"""
-        if any(rec.usable for rec in self.log.trials().values()):
+        trials = self.log.trials()
+        if any(rec.usable for rec in trials.values()):
             return True
         if trial_id not in self.overran:
             self.overran.add(trial_id)
             self.log.emit(Event.BUDGET_PASSED, trial_id=trial_id, tuner_id=self.tuner_id,
-                          budget_s=self.exp.budget.time_budget or None)
+                          budget_s=self.exp.budget.time_budget or None,
+                          seconds_left=seconds_left(trials.get(trial_id), self.epochs_planned))
         return False
 
     def on_trial_end(self, trial):
@@ -112,6 +115,7 @@ class NasTuner(BaseTuner):
         if logged is not None and logged.status is TrialStatus.FINISHED:
             return {"score": oracle_score(logged)}  # a kill between our log line and KerasTuner's state file
         self.announce(plan, logged)
+        self.epochs_planned = (plan.epochs - plan.initial_epoch) * len(self.frames.plans())
         try:
             record = self.train_and_score(plan, logged, clock)
         except Interrupt as exc:
@@ -301,3 +305,15 @@ def strategy_scope(kind: str):
             yield
     else:
         yield
+
+
+def seconds_left(rec: TrialRecord | None, epochs_planned: int) -> float | None:
+    """How long a running trial goes on at its pace so far: its epochs since it (last) started, over the
+    time since, times the epochs it has still to run. None before its first epoch."""
+    if rec is None or rec.started is None or not epochs_planned:
+        return None
+    done = [e for e in rec.epochs if float(e.get("time", 0.0)) >= rec.started]
+    if not done:
+        return None
+    pace = (max(float(e["time"]) for e in done) - rec.started) / len(done)
+    return round(pace * max(epochs_planned - len(rec.epochs), 0), 1)
