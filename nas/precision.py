@@ -9,6 +9,8 @@ processor without bfloat16 units the same policy is emulated and slower, hence t
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -17,14 +19,18 @@ PROBE_FILE = "precision.json"
 MIN_SPEEDUP = 1.05  # bf16 must win by more than the probe's noise
 
 
+def _cpuinfo() -> str:
+    """Linux's /proc/cpuinfo ('' elsewhere)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def native_bf16() -> bool:
     """Whether this machine has bfloat16 arithmetic units: x86 AVX512_BF16 or AMX, or a GPU of compute
     capability 8.0 or more."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    if any(f in flags for f in (" avx512_bf16", " amx_bf16")):
+    if any(f in _cpuinfo() for f in (" avx512_bf16", " amx_bf16")):
         return True
     import tensorflow as tf
 
@@ -39,17 +45,8 @@ def machine() -> dict:
     """The processor a search ran on, logged with every search start and named in the model card: times
     and trial counts move with it (the recommended trial took 470-560 s on 2 Sapphire Rapids cores, 1,898 s
     on 2 cores of an AMD EPYC without AVX-512)."""
-    import os
-    import platform
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else ""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu or platform.processor() or platform.machine(), "cores": cores}
 

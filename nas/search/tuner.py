@@ -88,7 +88,7 @@ class NasTuner(BaseTuner):
         the Sapphire Rapids it was sized on). That trial goes on to finish, said once in the log and on the
         terminal; Ctrl-C still stops it, and the search ends after it. (Optuna's timeout lets every running
         trial finish; here only a first one.)"""
-        trials = self.log.trials()
+        trials = self.log.trials()  # asked each epoch only past the deadline, and while no trial has finished
         if any(rec.usable for rec in trials.values()):
             return True
         if trial_id not in self.overran:
