@@ -109,21 +109,36 @@ def settings(args, name: str) -> dict:
             "experiment": str(args.experiment), "experiment_sha256": experiment_digest(args.experiment),
             "space_sha256": space_digest(args),
             "budget_s": args.budget_min * 60, "set": list(args.set or []),
-            **({"groups": args.groups} if args.groups else {})}
+            **({"groups": args.groups} if args.groups else {}), **balance_settings(args)}
+
+
+def balance_settings(args) -> dict:
+    """--positive-rate and --rate-spread where given: they make other data, so they name its folder and key."""
+    return {k: v for k, v in (("positive_rate", args.positive_rate), ("rate_spread", args.rate_spread)) if v is not None}
+
+
+def data_options(args) -> tuple:
+    """The demo-data options a family's data and its new sessions share."""
+    return tuple(x for k, v in balance_settings(args).items() for x in (f"--{k.replace('_', '-')}", v))
+
+
+def balance_suffix(args) -> str:
+    """'-p0.25-s0.6' for --positive-rate 0.25 --rate-spread 0.6, '' without them: their data's folder names."""
+    return "".join(f"-{'p' if k == 'positive_rate' else 's'}{v:g}" for k, v in balance_settings(args).items())
 
 
 def family_folder(name: str, args) -> Path:
     groups = f"-g{args.groups}" if args.groups else ""
-    return args.out / f"{name}-seed{family_seed(name, args.seed)}-n{args.n}-{args.size}px{groups}"
+    return args.out / f"{name}-seed{family_seed(name, args.seed)}-n{args.n}-{args.size}px{groups}{balance_suffix(args)}"
 
 
 def new_sessions_data(name: str, args) -> Path:
     """K sessions of the family never drawn for any search (seed + NEW_SESSION_SEED), generated once."""
     seed = family_seed(name, args.seed) + NEW_SESSION_SEED
-    data = args.out / f"{name}-new-sessions-seed{seed}-k{args.new_sessions}-{args.size}px"
+    data = args.out / f"{name}-new-sessions-seed{seed}-k{args.new_sessions}-{args.size}px{balance_suffix(args)}"
     if not (data / "labels.csv").is_file():
         nas("demo-data", data, "--n", args.new_sessions * NEW_SESSION_FRAMES, "--size", args.size, "--seed", seed,
-            "--family", name, "--groups", args.new_sessions)
+            "--family", name, "--groups", args.new_sessions, *data_options(args))
     return data
 
 
@@ -233,7 +248,7 @@ def run_family(name: str, args, folder: Path) -> dict:
     data, results, kept = folder / "data", folder / "results.partial", folder / "results"
     if not (data / "labels.csv").is_file():
         nas("demo-data", data, "--n", args.n, "--size", args.size, "--seed", family_seed(name, args.seed), "--family", name,
-            *(("--groups", args.groups) if args.groups else ()))
+            *(("--groups", args.groups) if args.groups else ()), *data_options(args))
     shutil.rmtree(results, ignore_errors=True)  # a kept result's run stays in place until this one is exported
     cmd = [sys.executable, "-m", "nas"]
     sets = [x for kv in (args.set or []) for x in ("--set", kv)]
@@ -347,6 +362,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--fresh", action="store_true", help="rerun families that have a result already")
     ap.add_argument("--groups", type=int, default=None, help="sessions per family's data (default: the family's own; "
                     "another count is its own folder, ...-g<G>)")
+    ap.add_argument("--positive-rate", type=float, default=None, metavar="P",
+                    help="nas demo-data --positive-rate for every family's data and new sessions (default: the family's)")
+    ap.add_argument("--rate-spread", type=float, default=None, metavar="S",
+                    help="nas demo-data --rate-spread: how far sessions' positive shares differ (default: the family's)")
     ap.add_argument("--new-sessions", type=int, default=8, help="judge each export on this many freshly drawn "
                     "sessions of its family (default 8; 0: off)")
     args = ap.parse_args()

@@ -22,7 +22,7 @@ def cmd_demo_data(args) -> int:
     from nas.synthetic import FAMILIES, generate
 
     labels = generate(args.out, n=args.n, size=args.size, seed=args.seed, groups=args.groups, family=args.family,
-                      positive_rate=args.positive_rate)
+                      positive_rate=args.positive_rate, rate_spread=args.rate_spread)
     print(f"wrote {args.n} frames of {args.size} px to {args.out} (labels: {labels})")
     print(f"family {args.family}: {FAMILIES[args.family].about}")
     return 0
@@ -243,6 +243,9 @@ def _data_commands(sub) -> None:
                    help="kind of data (default base): " + ", ".join(_family_names()) + "; see README, Demo data")
     d.add_argument("--positive-rate", type=float, metavar="P",
                    help="share of frames drawn positive, on average over sessions (default: the family's)")
+    d.add_argument("--rate-spread", type=float, metavar="S",
+                   help="how much that share differs between sessions: the log-normal sigma of each session's share "
+                        "(default: the family's, 0 but for rare and sessions; 0.6 gives sessions of 10-60%% at 25%%)")
     d.set_defaults(func=cmd_demo_data)
 
 

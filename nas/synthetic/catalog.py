@@ -70,8 +70,9 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def family(name: str, positive_rate: float | None = None) -> Family:
-    """A named family, optionally at another positive rate; one clear error for an unknown name or a bad rate."""
+def family(name: str, positive_rate: float | None = None, rate_spread: float | None = None) -> Family:
+    """A named family, optionally at another positive rate or spread of it between sessions; one clear error
+    for an unknown name or a bad value."""
     if name not in FAMILIES:
         raise NasError(f"--family {name}: unknown family; expected one of {', '.join(FAMILIES)}")
     fam = FAMILIES[name]
@@ -79,4 +80,8 @@ def family(name: str, positive_rate: float | None = None) -> Family:
         if not 0.02 <= positive_rate <= 0.9:
             raise NasError(f"--positive-rate {positive_rate:g}: expected a share between 0.02 and 0.9")
         fam = replace(fam, positive_rate=float(positive_rate))
+    if rate_spread is not None:
+        if not 0.0 <= rate_spread <= 2.0:
+            raise NasError(f"--rate-spread {rate_spread:g}: expected a log-normal sigma between 0 and 2")
+        fam = replace(fam, rate_spread=float(rate_spread))
     return fam

@@ -46,10 +46,10 @@ def session_row(s: Session) -> dict:
 
 
 def generate(out: str | Path, n: int = 400, size: int = 128, seed: int = 0, groups: int | None = None,
-             family: str = "base", positive_rate: float | None = None) -> Path:
+             family: str = "base", positive_rate: float | None = None, rate_spread: float | None = None) -> Path:
     """Write n frames of one family to OUT/positive and OUT/negative plus OUT/labels.csv; deterministic for a
     seed. `groups` defaults to the family's number of sessions."""
-    fam = catalog.family(family, positive_rate)
+    fam = catalog.family(family, positive_rate, rate_spread)
     if n < 2:
         raise NasError(f"--n {n}: at least 2 frames are needed")
     if not 16 <= size <= 4096:
