@@ -114,15 +114,15 @@ def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: in
     model = models.build_model(values, read, exp.objective.recall_floor, steps)
     store, labels = frames.stores[read], frames.labels
     augment = trial_augment(exp.augment, values)  # as a trial builds it
-    weights = data_mod.class_weights(labels[plan.train_rows]) if exp.training.class_weight == "auto" else None
+    weights = data_mod.loss_weights(exp.training.class_weight, labels, frames.groups, plan.train_rows)
 
     def batches(epoch: int):
         return data_mod.epoch_batches(store, labels, plan.train_rows, batch, epoch=epoch, shuffle=True, seed=seed,
-                                      augment=augment, full=True)
+                                      augment=augment, full=True, weights=weights)
 
     averager = weight_average(average_from) if average_from is not None else None
     start = time.perf_counter()
-    training.fit_epochs(model, batches, None, epochs=epochs, class_weight=weights, callbacks=[averager] if averager else [])
+    training.fit_epochs(model, batches, None, epochs=epochs, callbacks=[averager] if averager else [])
     seconds = time.perf_counter() - start
     fit = {"prob": training.predict_rows(model, store, plan.val_rows, tta=bool(augment.get("tta"))),
            "seconds": seconds, "params": int(model.count_params())}
@@ -159,7 +159,7 @@ def weight_average(first: int):
             norms = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
             momenta = [layer.momentum for layer in norms]
             try:
-                for k, (x, _) in enumerate(batches):
+                for k, (x, *_) in enumerate(batches):
                     for layer in norms:
                         layer.momentum = k / (k + 1)  # a plain mean over the pass's batches
                     model(x, training=True)

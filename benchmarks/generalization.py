@@ -21,6 +21,7 @@ output goes to standard error; standard output carries the table and, as its las
     python benchmarks/generalization.py --families base,rare --held-out rare --budget-min 5
     python benchmarks/generalization.py --set search.tuner=random --out results/generalization-random
     python benchmarks/generalization.py --families magnification --groups 16 --out results/sessions16
+    python benchmarks/generalization.py --families magnification --positive-rate 0.25 --rate-spread 0.6 --out results/dev-W
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ class BudgetConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     early_stopping_patience: int = key(0, _nonneg, "epochs without improvement before a trial stops; 0 disables")
-    class_weight: str = key("auto", _one_of(("auto", "none")))
+    class_weight: str = key("auto", _one_of(("auto", "session", "none")))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -90,16 +90,37 @@ def _scan_csv(root: Path, labels_csv: Path, positive: str, negative: str) -> lis
     return records
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Balanced weights n / (2 n_c), so a rare class counts as much as a common one."""
-    n, pos = len(labels), float(labels.sum())
-    return {0: n / (2 * (n - pos)), 1: n / (2 * pos)}
+def loss_weights(mode: str, labels: np.ndarray, groups: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """Each frame's weight in the training loss (`training.class_weight`), as an array over all frames read at
+    `rows` (0 elsewhere); None for `none`. The weights of the rows average 1.
+      auto     the classes weigh the same: n / (2 n_c).
+      session  within each session (group) the classes weigh the same, and each session keeps its share of
+               the rows: n_g / (c_g n_gc), c_g the classes the session holds. Where sessions' positive shares
+               differ (10-60% in a campaign), a network can learn a session's look (dose, magnification,
+               detector) as a prior on the label, which no new session honours; within-session balance leaves
+               the look nothing to predict. Frames without a group are one session; without groups at all,
+               this is `auto`.
+    """
+    if mode == "none":
+        return None
+    rows = np.asarray(rows)
+    y = np.asarray(labels)[rows].astype(int)
+    cells = np.zeros(len(rows), int) if mode == "auto" else np.unique(np.asarray(groups)[rows], return_inverse=True)[1]
+    weights = np.zeros(len(labels), np.float32)
+    for cell in np.unique(cells):
+        mine = cells == cell
+        present = np.unique(y[mine])
+        for c in present:
+            members = mine & (y == c)
+            weights[rows[members]] = mine.sum() / (len(present) * members.sum())
+    return weights
 
 
 def epoch_batches(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *,
                   epoch: int, shuffle: bool, seed: int = 0, augment: dict | None = None,
-                  full: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch's batches (B, S, S, 1), (B, 1), one batch in memory at a time. The order and augmentation
+                  full: bool = False, weights: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+    """One epoch's batches (B, S, S, 1), (B, 1), one batch in memory at a time; with weights (an array over all
+    frames, `loss_weights`), each batch's (B,) loss weights third. The order and augmentation
     are a function of (seed, epoch) alone, so a resumed trial continues the sequence where it stopped.
     With full, a short last batch is topped up with the epoch's first frames (as tf.data's repeat-then-batch
     would), so training steps all have one shape (nas.training's note: a new shape is a new trace)."""
@@ -115,7 +136,8 @@ def epoch_batches(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.
         x = frames[chunk]
         if augment and any(augment.values()):
             x = augment_batch(x, rng, augment)
-        yield x[..., None], labels[chunk][:, None].astype(np.float32)
+        batch = x[..., None], labels[chunk][:, None].astype(np.float32)
+        yield batch if weights is None else (*batch, weights[chunk])
 
 
 def make_dataset(frames: FrameStore | np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *, shuffle: bool,

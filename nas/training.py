@@ -48,11 +48,11 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
 
 
 def fit_epochs(model: keras.Model, train: Batches, val: ValFrames | None, *, epochs: int, initial_epoch: int = 0,
-               class_weight: dict[int, float] | None = None, callbacks: list[keras.callbacks.Callback] = (),
-               clock: Stopwatch | None = None) -> dict[str, list[float]]:
+               callbacks: list[keras.callbacks.Callback] = (), clock: Stopwatch | None = None) -> dict[str, list[float]]:
     """Train from initial_epoch to epochs, validating after each (unless val is None); returns the history
-    (as History has it). Callbacks see what they see under fit: epoch and batch hooks, val_* logs, and
-    model.stop_training. The clock, if given, splits the time into 'train' and 'validate'."""
+    (as History has it). A batch is (x, y) or (x, y, loss weights). Callbacks see what they see under fit:
+    epoch and batch hooks, val_* logs, and model.stop_training. The clock, if given, splits the time into
+    'train' and 'validate'."""
     clock = clock or Stopwatch()
     cbs = keras.callbacks.CallbackList(list(callbacks), model=model, add_history=False, add_progbar=False)
     history: dict[str, list[float]] = {}
@@ -63,9 +63,9 @@ def fit_epochs(model: keras.Model, train: Batches, val: ValFrames | None, *, epo
         model.reset_metrics()
         logs: dict[str, Any] = {}
         with clock.phase("train"):
-            for step, (x, y) in enumerate(train(epoch)):
+            for step, (x, y, *w) in enumerate(train(epoch)):
                 cbs.on_train_batch_begin(step)
-                logs = model.train_on_batch(x, y, class_weight=class_weight, return_dict=True)
+                logs = model.train_on_batch(x, y, sample_weight=w[0] if w else None, return_dict=True)
                 cbs.on_train_batch_end(step, logs)
                 if model.stop_training:
                     break

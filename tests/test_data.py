@@ -18,6 +18,12 @@ from nas.preprocess import normalize_np, normalize_tf
 
 from .conftest import cli, write_experiment
 
+SMALL_SPACE = """
+blocks: {type: conv, count: 1, filters: 4, kernel_size: 3, normalization: batch, pooling: max, dropout: 0.0}
+head: {pooling: avg, dense: 0, dropout: 0.0}
+optimizer: {name: adam, learning_rate: 0.003}
+"""
+
 
 def make_folder_data(root, n=12, size=24, seed=0):
     rng = np.random.default_rng(seed)
@@ -245,3 +251,76 @@ def test_search_reports_class_balance_per_split(finished_run):
     started = read_events(finished_run / "trials.jsonl")[0]
     assert set(started["balance"]) == set(splits_mod.SPLITS)
     assert sum(b["n"] for b in started["balance"].values()) == 60
+
+
+def test_loss_weights_balance_the_classes_overall_or_within_each_session():
+    labels = np.array([1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1])
+    groups = np.array(["a", "a", "a", "a", "b", "b", "b", "b", "c", "c", "c", "", "x"])
+    rows = np.arange(12)  # the last frame is not a training row
+    assert data.loss_weights("none", labels, groups, rows) is None
+    auto = data.loss_weights("auto", labels, groups, rows)
+    np.testing.assert_allclose(auto[rows], np.where(labels[rows] == 1, 12 / 8, 12 / 16))  # n / (2 n_c)
+    per = data.loss_weights("session", labels, groups, rows)
+    assert per[12] == 0 and auto[12] == 0 and per[rows].mean() == pytest.approx(1)
+    for g, total in (("a", 4), ("b", 4), ("c", 3)):
+        mine = groups[rows] == g
+        assert per[rows][mine].sum() == pytest.approx(total)  # each session keeps its frames' share ...
+        if len(set(labels[rows][mine])) == 2:  # ... split evenly between the classes it holds
+            assert per[rows][mine & (labels[rows] == 1)].sum() == pytest.approx(total / 2)
+    np.testing.assert_allclose(per[[0, 1, 4, 7]], [2.0, 2 / 3, 2 / 3, 2.0])
+    np.testing.assert_allclose(per[8:12], 1.0)  # one class only (and the ungrouped frame): unweighted
+    ungrouped = data.loss_weights("session", labels, np.full(len(labels), ""), rows)
+    np.testing.assert_allclose(ungrouped, auto)  # without sessions, session weights are auto's
+
+
+def test_loss_weights_as_sample_weights_train_as_class_weights_did():
+    """'auto' reaches Keras as per-frame weights since `session` exists; before, as class_weight. Keras turns
+    class_weight into exactly these sample weights, so runs (and this README's figures) are unchanged."""
+    import keras
+
+    from nas.models import build_model, fresh_session
+    from nas.space import parse_space
+
+    rng = np.random.default_rng(0)
+    frames = rng.random((24, 16, 16), np.float32)
+    labels = (np.arange(24) % 3 == 0).astype(int)
+    rows = np.arange(24)
+    weights = data.loss_weights("auto", labels, np.full(24, ""), rows)
+    n, pos = len(labels), labels.sum()
+    values = {k: d.constant for k, d in parse_space(SMALL_SPACE).dimensions.items()}
+    out = []
+    for how in ("class_weight", "sample_weight"):
+        fresh_session()
+        keras.utils.set_random_seed(3)
+        model = build_model(values, 16, 0.9, 6)
+        for x, y, w in data.epoch_batches(frames, labels, rows, 8, epoch=0, shuffle=True, seed=1, full=True, weights=weights):
+            if how == "class_weight":
+                model.train_on_batch(x, y, class_weight={0: n / (2 * (n - pos)), 1: n / (2 * pos)})
+            else:
+                model.train_on_batch(x, y, sample_weight=w)
+        out.append([np.asarray(v) for v in model.get_weights()])
+    for a, b in zip(*out, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_search_trains_with_session_balanced_weights(tmp_path, tiny_data, monkeypatch):
+    import keras
+
+    made, seen = [], []
+    real_weights, real_train = data.loss_weights, keras.Model.train_on_batch
+    monkeypatch.setattr(data, "loss_weights", lambda mode, labels, groups, rows: made.append(
+        (mode, labels, groups, rows, real_weights(mode, labels, groups, rows))) or made[-1][-1])
+    monkeypatch.setattr(keras.Model, "train_on_batch", lambda self, x, y, *a, **k: seen.append(
+        (np.asarray(y).ravel(), k.get("sample_weight"))) or real_train(self, x, y, *a, **k))
+    exp = write_experiment(tmp_path / "e.toml", tiny_data, budget={"max_trials": 1, "epochs": 1})
+    res = cli("search", exp, "--results", tmp_path / "res", "--run-id", "r", "--set", "training.class_weight=session")
+    assert res.code == 0, res.err
+    mode, labels, groups, rows, weights = made[0]
+    assert mode == "session" and len(set(groups[rows])) >= 2
+    for g in set(groups[rows]):
+        mine = rows[groups[rows] == g]
+        if len(set(labels[mine])) == 2:  # within each session the classes weigh the same
+            assert weights[mine[labels[mine] == 1]].sum() == pytest.approx(weights[mine[labels[mine] == 0]].sum())
+    assert seen and all(w is not None and len(w) == len(y) and (w > 0).all() for y, w in seen)  # and reach the loss
+    bad = cli("search", exp, "--results", tmp_path / "res", "--set", "training.class_weight=chip")
+    assert bad.code == 2 and "training.class_weight" in bad.err and "session" in bad.err

@@ -64,6 +64,15 @@ def test_rare_and_sessions_set_the_class_balance(tmp_path):
     assert len(shares) == 10 and max(shares) > 3 * min(shares)  # sessions differ in balance, not only on average
     base_rate = _rows(tmp_path / "override", "base", 300, 16, positive_rate=0.3)
     assert 0.22 <= np.mean([r["label"] == "positive" for r in base_rate]) <= 0.38
+    spread = cli("demo-data", tmp_path / "spread", "--n", 300, "--size", 16, "--family", "magnification",
+                 "--positive-rate", "0.25", "--rate-spread", "0.6")
+    assert spread.code == 0, spread.err
+    rows = list(csv.DictReader(open(tmp_path / "spread" / "labels.csv")))
+    shares = {float(r["positive_share"]) for r in rows}
+    assert len(shares) == 8 and max(shares) > 3 * min(shares)  # magnification's sessions now differ in balance too
+    assert 0.17 <= np.mean([r["label"] == "positive" for r in rows]) <= 0.35
+    alike = _rows(tmp_path / "alike", "sessions", 300, 16, rate_spread=0.0)
+    assert len({float(r["positive_share"]) for r in alike}) == 1
 
 
 def test_magnification_gives_each_session_its_own_particle_sizes(tmp_path):
@@ -132,6 +141,8 @@ def test_bad_family_options_are_one_line_each(tmp_path):
     assert res.code == 2 and res.err.count("\n") == 1 and "--family cryo" in res.err and "sessions" in res.err
     res = cli("demo-data", tmp_path / "x", "--n", 4, "--positive-rate", "0")
     assert res.code == 2 and "--positive-rate" in res.err
+    res = cli("demo-data", tmp_path / "x", "--n", 4, "--rate-spread", "-1")
+    assert res.code == 2 and res.err.count("\n") == 1 and "--rate-spread -1" in res.err
 
 
 def test_largest_particles_still_fit_every_kind():

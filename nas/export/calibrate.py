@@ -110,10 +110,10 @@ def refit(opened: OpenRun, member: Member, frames: RunFrames, size: int):
     model = architecture(opened, rec, size, compiled=True, frames=store[rows[:256]][..., None],
                          decay_steps=training.steps_per_epoch(len(rows), batch) * epochs)
     augment = trial_augment(exp.augment, rec.hyperparameters)
-    weights = data_mod.class_weights(labels[rows]) if exp.training.class_weight == "auto" else None
+    weights = data_mod.loss_weights(exp.training.class_weight, labels, frames.groups, rows)
     training.fit_epochs(model, lambda e: data_mod.epoch_batches(store, labels, rows, batch, epoch=e, shuffle=True,
-                                                                seed=seed, augment=augment, full=True),
-                        None, epochs=epochs, class_weight=weights)
+                                                                seed=seed, augment=augment, full=True, weights=weights),
+                        None, epochs=epochs)
     return model, {"on": "train+val", "epochs": epochs, "frames": int(len(rows)),
                    "note": "threshold chosen before refit, on the searched model's validation probabilities"}
 

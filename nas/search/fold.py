@@ -109,7 +109,7 @@ def train(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: 
     """Train from `start` to the fold's last epoch; raise Interrupt if the budget or a stop cut it short
     (its last epoch is checkpointed), FloatingPointError if the loss diverged."""
     frames, labels, plan = ctx.frames.stores[job.image_size], ctx.frames.labels, job.plan
-    weights = data_mod.class_weights(labels[plan.train_rows]) if ctx.training.class_weight == "auto" else None
+    weights = data_mod.loss_weights(ctx.training.class_weight, labels, ctx.frames.groups, plan.train_rows)
     patience = ctx.training.early_stopping_patience if job.select_best_epoch else 0
     early = ResumableEarlyStopping(monitor=f"val_{PR_AUC_METRIC}", mode="max", patience=patience,
                                    restored=(ckpt or {}).get("early_stopping")) if patience else None
@@ -126,11 +126,11 @@ def train(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: 
 
     def batches(epoch: int):
         return data_mod.epoch_batches(frames, labels, plan.train_rows, job.batch_size, epoch=epoch, shuffle=True,
-                                      seed=job.seed, augment=job.augment, full=True)
+                                      seed=job.seed, augment=job.augment, full=True, weights=weights)
 
     val = training.ValFrames(frames, plan.val_rows, labels[plan.val_rows]) if job.select_best_epoch else None
     history = training.fit_epochs(model, batches, val, epochs=job.epochs,
-                         initial_epoch=start, class_weight=weights, callbacks=callbacks, clock=clock)
+                         initial_epoch=start, callbacks=callbacks, clock=clock)
     losses = history.get("loss", [])
     if any(not math.isfinite(v) for v in losses):
         raise FloatingPointError(f"loss became NaN or infinite at epoch {start + len(losses)}")
