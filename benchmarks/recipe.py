@@ -16,6 +16,7 @@ warm start and its time ratio. Development data only: choosing a recipe on held-
         --variant group:blocks.normalization=group --variant layer:blocks.normalization=layer
     python benchmarks/recipe.py --run RUN --variant wide:blocks.filters=24,head.dense=32 --variant 48px:input.image_size=48 \
         --folds 0,1 --epochs 10
+    python benchmarks/recipe.py --run RUN --variant session:training.class_weight=session
 
 With `--average-last F`, each variant is also scored as `NAME+avg`: the same training's weights averaged over
 the ends of its last F of epochs (stochastic weight averaging), batch-norm statistics re-estimated on one pass
@@ -33,12 +34,13 @@ import yaml
 from sklearn.metrics import average_precision_score
 
 BASE = "warm-start"
+EXPERIMENT_KEYS = {"training.class_weight"}  # keys of the experiment file, not the space, that a variant may change
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """'name:key=value,key=value' -> (name, the changed values), each checked as a space file's constant
     (blocks.*, head.*, optimizer.*, input.image_size, augment.*, training.epochs: a variant's own length, its
-    cosine schedule spanning it; the others train --epochs)."""
+    cosine schedule spanning it; the others train --epochs), or an experiment key (training.class_weight)."""
     from nas.errors import NasError
     from nas.space import check_value
 
@@ -50,11 +52,33 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, eq, raw = item.partition("=")
         if not eq:
             raise SystemExit(f"--variant {text}: {item!r} is not KEY=VALUE")
+        if key in EXPERIMENT_KEYS:
+            changes[key] = yaml.safe_load(raw)  # checked with the run's experiment (variant_experiment)
+            continue
         try:
             changes[key] = check_value(key, yaml.safe_load(raw), f"--variant {name}")
         except NasError as e:
             raise SystemExit(str(e)) from None
     return name, changes
+
+
+def variant_experiment(exp, name: str, changes: dict):
+    """The run's experiment with the variant's experiment keys (EXPERIMENT_KEYS) changed, checked as a file's."""
+    from nas.config import build
+    from nas.errors import NasError
+
+    values = exp.values
+    for key in EXPERIMENT_KEYS & set(changes):
+        section, _, field = key.partition(".")
+        values[section][field] = changes[key]
+    try:
+        return build(values, f"--variant {name}")
+    except NasError as e:
+        raise SystemExit(str(e)) from None
+
+
+def space_changes(changes: dict) -> dict:
+    return {k: v for k, v in changes.items() if k not in EXPERIMENT_KEYS}
 
 
 def variant_epochs(base: dict, variants: dict[str, dict], asked: int, exp) -> tuple[int, dict[str, int]]:
@@ -104,6 +128,7 @@ def main() -> None:
     variants = {BASE: {}} | dict(parse_variant(v) for v in args.variant)
     if len(variants) != len(args.variant) + 1:
         raise SystemExit(f"--variant: names must differ from each other and from {BASE}")
+    exp_of = {name: variant_experiment(exp, name, changes) for name, changes in variants.items()}
     size_of = {name: int((base | changes).get("input.image_size", exp.data.image_size)) for name, changes in variants.items()}
     frames = reopen_frames(opened.run, exp.data, opened.run.cache_root, sizes=sorted(set(size_of.values())))
     plans = common.chosen_plans(frames, args.folds, args.run)
@@ -119,8 +144,8 @@ def main() -> None:
         y = frames.labels[plan.val_rows]
         for name, changes in variants.items():
             try:
-                fit = common.train_fold(frames, plan, base | changes, size_of[name], exp, epochs_of[name], args.seed,
-                                        policy, average_from and average_from[name])
+                fit = common.train_fold(frames, plan, base | space_changes(changes), size_of[name], exp_of[name],
+                                        epochs_of[name], args.seed, policy, average_from and average_from[name])
             except NasError as e:
                 raise SystemExit(str(e)) from None
             for label, prob in ((name, fit["prob"]), (f"{name}+avg", fit.get("prob_avg"))):

@@ -206,12 +206,15 @@ def test_detail_trains_both_inputs_on_every_fold_and_reports_their_difference(cv
 def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", "group:blocks.normalization=group",
                                       "--variant", "wider:blocks.filters=6,blocks.dropout=0.1",
-                                      "--variant", "small:input.image_size=16"])
+                                      "--variant", "small:input.image_size=16",
+                                      "--variant", "session:training.class_weight=session"])
     recipe.main()
     lines = capsys.readouterr().out.strip().splitlines()
     out = json.loads(lines[-1])
     assert [(r["fold"], r["variant"]) for r in out["rows"]] == [
-        (k, name) for k in range(3) for name in ("warm-start", "group", "wider", "small")]
+        (k, name) for k in range(3) for name in ("warm-start", "group", "wider", "small", "session")]
+    session = out["variants"]["session"]  # an experiment key: the same network, other loss weights
+    assert session["changes"] == {"training.class_weight": "session"} and session["params"] == out["variants"]["warm-start"]["params"]
     base, group, wider, small = (out["variants"][n] for n in ("warm-start", "group", "wider", "small"))
     assert (base["size"], small["size"]) == (32, 16) and small["params"] == base["params"]  # global pooling head
     assert group["changes"] == {"blocks.normalization": "group"} and wider["changes"] == {"blocks.filters": 6, "blocks.dropout": 0.1}
@@ -222,7 +225,8 @@ def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monk
     assert "| group |" in "\n".join(lines)
     for variant, why in (("odd:blocks.colour=red", "--variant odd: unknown key 'blocks.colour'"),
                          ("typo:blocks.normalization=grup", "--variant typo: blocks.normalization: expected one of none, batch"),
-                         ("long:training.epochs=0", "--variant long: training.epochs")):
+                         ("long:training.epochs=0", "--variant long: training.epochs"),
+                         ("cw:training.class_weight=chip", "--variant cw: .*training.class_weight")):
         monkeypatch.setattr(sys, "argv", ["recipe.py", "--run", str(cv_run), "--variant", variant])
         with pytest.raises(SystemExit, match=why):
             recipe.main()
