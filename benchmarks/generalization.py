@@ -115,7 +115,7 @@ def settings(args, name: str) -> dict:
 
 def balance_settings(args) -> dict:
     """--positive-rate and --rate-spread where given: they make other data, so they name its folder and key."""
-    return {k: v for k, v in (("positive_rate", args.positive_rate), ("rate_spread", args.rate_spread)) if v is not None}
+    return {k: getattr(args, k) for k in ("positive_rate", "rate_spread") if getattr(args, k, None) is not None}
 
 
 def data_options(args) -> tuple:

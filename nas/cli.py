@@ -245,7 +245,7 @@ def _data_commands(sub) -> None:
                    help="share of frames drawn positive, on average over sessions (default: the family's)")
     d.add_argument("--rate-spread", type=float, metavar="S",
                    help="how much that share differs between sessions: the log-normal sigma of each session's share "
-                        "(default: the family's, 0 but for rare and sessions; 0.6 gives sessions of 10-60%% at 25%%)")
+                        "(default: the family's, 0 but for rare and sessions; 0.6 gives most sessions 10-50%% at 25%%)")
     d.set_defaults(func=cmd_demo_data)
 
 

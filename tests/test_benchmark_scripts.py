@@ -423,3 +423,14 @@ def test_costs_replay_predicts_each_trial_from_the_ones_before_it(finished_run, 
     assert row["cost_model"] == pytest.approx(per1 / costs.fit([]).relative(w1) * costs.fit([]).relative(w2) * epochs, abs=0.06)
     assert out["cost_model_median_error"] == pytest.approx(abs(row["cost_model"] / row["seconds"] - 1), abs=2e-3)
     assert lines[0].startswith("| run | trials predicted |")
+
+
+def test_generalization_keeps_data_of_another_balance_apart():
+    from types import SimpleNamespace
+
+    plain = SimpleNamespace(out=Path("o"), seed=20, n=2000, size=128, groups=None, positive_rate=None, rate_spread=None)
+    skewed = SimpleNamespace(**{**vars(plain), "positive_rate": 0.25, "rate_spread": 0.6})
+    assert generalization.data_options(plain) == () and generalization.balance_suffix(plain) == ""
+    assert generalization.data_options(skewed) == ("--positive-rate", 0.25, "--rate-spread", 0.6)
+    assert generalization.family_folder("magnification", skewed).name == "magnification-seed21-n2000-128px-p0.25-s0.6"
+    assert generalization.family_folder("magnification", plain).name == "magnification-seed21-n2000-128px"
