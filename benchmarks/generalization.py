@@ -113,9 +113,12 @@ def settings(args, name: str) -> dict:
             **({"groups": args.groups} if args.groups else {}), **balance_settings(args)}
 
 
+BALANCE = (("positive_rate", "p"), ("rate_spread", "s"))  # demo-data options that make other data: (name, folder tag)
+
+
 def balance_settings(args) -> dict:
     """--positive-rate and --rate-spread where given: they make other data, so they name its folder and key."""
-    return {k: getattr(args, k) for k in ("positive_rate", "rate_spread") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k, _ in BALANCE if getattr(args, k, None) is not None}
 
 
 def data_options(args) -> tuple:
@@ -125,7 +128,7 @@ def data_options(args) -> tuple:
 
 def balance_suffix(args) -> str:
     """'-p0.25-s0.6' for --positive-rate 0.25 --rate-spread 0.6, '' without them: their data's folder names."""
-    return "".join(f"-{'p' if k == 'positive_rate' else 's'}{v:g}" for k, v in balance_settings(args).items())
+    return "".join(f"-{tag}{getattr(args, k):g}" for k, tag in BALANCE if getattr(args, k, None) is not None)
 
 
 def family_folder(name: str, args) -> Path:
