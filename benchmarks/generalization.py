@@ -104,8 +104,17 @@ def judge(fig: dict, slack: float) -> dict:
     return {**fig, "honest": honest, "recall_ok": bool(fig["test_recall"] >= fig["recall_floor"] - slack)}
 
 
+def same_settings(kept: dict, now: dict) -> bool:
+    """Whether a kept result was made with these settings. The experiment is compared by its content
+    (experiment_sha256), not by where the file lies: the same file in another checkout or worktree is the
+    same experiment (a search run from a worktree was otherwise redone, and its run replaced, from main)."""
+    def key(s: dict) -> dict:
+        return {k: v for k, v in s.items() if k != "experiment"}
+    return key(kept or {}) == key(now)
+
+
 def settings(args, name: str) -> dict:
-    """What a kept result must match to be reused."""
+    """What a kept result must match to be reused (same_settings), with the experiment's path for the record."""
     return {"family": name, "seed": family_seed(name, args.seed), "n": args.n, "size": args.size,
             "experiment": str(args.experiment), "experiment_sha256": experiment_digest(args.experiment),
             "space_sha256": space_digest(args),
@@ -179,7 +188,8 @@ def score_new_sessions(preds: Path, data: Path, threshold: float, floor: float) 
 
     from nas.objective import classification_report
 
-    truth = {(data / r["path"]).resolve(): (r["label"] == "positive", r["group"]) for r in csv.DictReader(open(data / "labels.csv"))}
+    truth = {(data / r["path"]).resolve(): (r["label"] == "positive", r["group"], r.get("kind") or "")
+             for r in csv.DictReader(open(data / "labels.csv"))}
     rows, unreadable = [], 0
     for r in csv.DictReader(open(preds)):
         if r.get("error") or not r["probability"]:
@@ -188,6 +198,7 @@ def score_new_sessions(preds: Path, data: Path, threshold: float, floor: float) 
             rows.append((truth[Path(r["path"]).resolve()], float(r["probability"])))
     y = np.array([t[0] for t, _ in rows], dtype=int)
     groups = np.array([t[1] for t, _ in rows])
+    kinds = np.array([t[2] for t, _ in rows])
     prob = np.array([p for _, p in rows])
     rep = classification_report(y, prob, threshold, floor)
     sessions = {}
@@ -202,7 +213,21 @@ def score_new_sessions(preds: Path, data: Path, threshold: float, floor: float) 
             "weighted_f1": round(rep["weighted_f1"], 4), "pr_auc": round(rep["pr_auc"], 4),
             "precision_at_floor_chosen_on_them": round(rep["precision_at_floor"], 4),
             "sessions_keeping_floor": sum(r >= floor for r in recalls), "worst_session_recall": min(recalls, default=None),
-            "per_session": sessions, "predictions": str(preds)}
+            "per_session": sessions, "called_by_kind": called_by_kind(y, kinds, prob >= threshold), "predictions": str(preds)}
+
+
+def called_by_kind(y, kinds, called) -> dict:
+    """Frames called positive at the threshold for each kind of frame demo data draws (labels.csv's `kind`:
+    single, drift, defocused, aggregate, ...; a folder without that column has none), with its label: which
+    negatives fool the model. On dev-W's magnification variant 124 of 162 drifted frames were called, the most
+    of any kind of negative (README, "How the recommended experiment was chosen")."""
+    out = {}
+    for kind in sorted(set(kinds.tolist()) - {""}):
+        for label, name in ((1, "positive"), (0, "negative")):
+            mine = (kinds == kind) & (y == label)
+            if mine.any():
+                out[f"{kind} ({name})"] = {"frames": int(mine.sum()), "called": int(called[mine].sum())}
+    return out
 
 
 def sessions_inside(fresh: dict, fig: dict) -> dict:
@@ -400,7 +425,7 @@ def main() -> None:
         folder = family_folder(name, args)
         kept = folder / "result.json"
         old = json.loads(kept.read_text()) if kept.is_file() else {}
-        if not args.fresh and "error" not in old and old.get("settings") == settings(args, name):
+        if not args.fresh and "error" not in old and same_settings(old.get("settings"), settings(args, name)):
             print(f"{name}: reusing {kept}", file=sys.stderr)
             run = next((folder / "results").glob("*/run"))
             results[name] = {**old, **judge(read_card(run), args.slack)}  # judged as this version reads a card

@@ -6,7 +6,8 @@ warm start's own `training.epochs`, else the run's budget.epochs.
 
 Each variant's out-of-fold probabilities are pooled over the folds and scored as the search scores a trial:
 the objective (precision at the recall floor, the threshold kept by the run's recall-confidence rule over
-sessions), PR-AUC, and the plain rule's precision (out-of-fold recall >= floor); with its training seconds
+sessions), PR-AUC, the plain rule's precision (out-of-fold recall >= floor), and the session that ranks worst
+(its PR-AUC, and its recall at the variant's threshold: the session that sets it); with its training seconds
 and parameters. What a search would gain from a change shows in the objective: a model whose scores shift
 between sessions forces the session rule to a low threshold even when its pooled PR-AUC is high. The last
 line is a JSON object: per variant its figures, per fold its PR-AUC, and each variant's differences from the
@@ -95,7 +96,24 @@ def pooled_figures(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, objectiv
     s = score(y, prob, objective, seed=seed, params=0, latency_ms=0.0, groups=groups, interval=False)
     plain = precision_at_recall(y, prob, objective.recall_floor)
     return {"objective": round(s.objective, 4), "recall": round(s.recall, 4), "threshold": round(s.threshold, 4),
-            "pr_auc": round(s.pr_auc, 4), "plain_precision": round(plain.precision, 4)}
+            "pr_auc": round(s.pr_auc, 4), "plain_precision": round(plain.precision, 4),
+            **hardest_session(y, prob, groups, s.threshold)}
+
+
+def hardest_session(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: float) -> dict:
+    """The session (group) with the lowest PR-AUC among those with positives, its PR-AUC and its recall at the
+    variant's threshold: under the session rule that session sets the threshold (on dev-W's magnification
+    variant, chip00 at the lowest magnification: PR-AUC 0.68 against 0.83-0.93), so this row says whether a
+    change helps where the objective is decided. Empty without groups."""
+    groups = np.asarray(groups).astype(str)
+    names = [g for g in np.unique(groups) if g and y[groups == g].any()]
+    if not names:
+        return {}
+    auc = {g: float(average_precision_score(y[groups == g], prob[groups == g])) for g in names}
+    worst = min(auc, key=auc.get)
+    positives = (groups == worst) & (y == 1)
+    return {"hardest_session": worst, "hardest_pr_auc": round(auc[worst], 4),
+            "hardest_recall": round(float((prob[positives] >= threshold).mean()), 4)}
 
 
 def main() -> None:
@@ -169,8 +187,8 @@ def main() -> None:
                                       "averaged": label != name,
                                       "seconds": round(float(np.mean(seconds[label])), 2),
                                       "params": next(r["params"] for r in rows if r["variant"] == label)}
-    print(f"\n| variant | objective (out of fold) | recall | PR-AUC | precision, plain rule | s a fold | vs {BASE} |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n| variant | objective (out of fold) | recall | PR-AUC | precision, plain rule | hardest session: PR-AUC | s a fold | vs {BASE} |")
+    print("|---|---|---|---|---|---|---|---|")
     ref = summary["variants"][BASE]
     for name, fig in summary["variants"].items():
         if name != BASE:
@@ -179,7 +197,8 @@ def main() -> None:
         diff = (f"objective {fig['minus_base']['objective']:+.4f}, PR-AUC {fig['minus_base']['pr_auc']:+.4f}, "
                 f"{fig['time_ratio']:.2f}x time") if name != BASE else ""
         print(f"| {name} | {fig['objective']:.4f} | {fig['recall']:.3f} | {fig['pr_auc']:.4f} | "
-              f"{fig['plain_precision']:.4f} | {fig['seconds']:.1f} | {diff} |")
+              f"{fig['plain_precision']:.4f} | {fig.get('hardest_session', '-')}: {fig.get('hardest_pr_auc', float('nan')):.4f} | "
+              f"{fig['seconds']:.1f} | {diff} |")
     print(json.dumps(summary))
 
 

@@ -47,6 +47,24 @@ def test_generalization_reads_the_card_and_judges_honesty(exported_run):
     assert outside["honest"] is False and outside["recall_ok"] is False
 
 
+def test_generalization_reuses_a_result_made_with_the_same_experiment_file_elsewhere(tmp_path):
+    from types import SimpleNamespace
+
+    exp = tmp_path / "a" / "haadf.toml"
+    exp.parent.mkdir()
+    exp.write_text((generalization.REPO / "experiments" / "haadf.toml").read_text())
+    args = SimpleNamespace(seed=20, n=100, size=32, experiment=exp, budget_min=1, set=[], groups=0, space=None)
+    kept = generalization.settings(args, "base")
+    copy = tmp_path / "b" / "haadf.toml"  # the same file in another checkout
+    copy.parent.mkdir()
+    copy.write_text(exp.read_text())
+    assert generalization.same_settings(kept, generalization.settings(SimpleNamespace(**{**vars(args), "experiment": copy}), "base"))
+    copy.write_text(exp.read_text().replace("time_budget = 900", "time_budget = 901"))  # another experiment
+    assert not generalization.same_settings(kept, generalization.settings(SimpleNamespace(**{**vars(args), "experiment": copy}), "base"))
+    assert not generalization.same_settings(kept, generalization.settings(SimpleNamespace(**{**vars(args), "budget_min": 2}), "base"))
+    assert not generalization.same_settings(None, kept)
+
+
 def test_generalization_judges_an_export_on_freshly_drawn_sessions(tmp_path, exported_run):
     """Fresh sessions of a family (the same frames however often drawn) go through `nas predict` at the
     export's threshold, once per export; pooled recall is the session recalls weighted by their positives,
@@ -79,6 +97,12 @@ def test_generalization_judges_an_export_on_freshly_drawn_sessions(tmp_path, exp
     assert fig["precision"] == pytest.approx(sum(called) / len(called) if called else 0.0, abs=1e-3)
     # a threshold chosen on these sessions themselves does at least as well as the export's, at the floor
     assert fig["recall"] < 0.9 or fig["precision_at_floor_chosen_on_them"] >= fig["precision"] - 1e-9
+    # which kinds of frame were called: every frame counted once under its kind and label
+    by_kind = fig["called_by_kind"]
+    kinds = {(r["kind"], r["label"]) for r in rows}
+    assert set(by_kind) == {f"{k} ({lab})" for k, lab in kinds}
+    assert sum(v["frames"] for v in by_kind.values()) == len(rows)
+    assert sum(v["called"] for v in by_kind.values()) == sum(float(p["probability"]) >= threshold for p in preds)
 
     # predicted once per export: kept while the export is the same, redone when it is not
     csv_path = Path(fig["predictions"])
@@ -236,6 +260,16 @@ def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monk
         recipe.main()
 
 
+def test_recipe_names_the_session_that_ranks_worst_and_its_recall_at_the_threshold():
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.9, 0.6, 0.1, 0.5, 0.4])
+    g = np.array(["a", "a", "a", "a", "b", "b", "b", "b", "c", "c"])  # c has no positive: it ranks nothing
+    out = recipe.hardest_session(y, p, g, threshold=0.5)
+    assert out["hardest_session"] == "b" and out["hardest_recall"] == 0.5  # 0.3 is missed, 0.9 called
+    assert out["hardest_pr_auc"] == pytest.approx((1 + 2 / 3) / 2, abs=1e-4)  # ranked 0.9 +, 0.6 -, 0.3 +, 0.1 -
+    assert recipe.hardest_session(y, p, np.array([""] * 10), 0.5) == {}
+
+
 def test_recipe_lengths_a_variant_its_own_then_asked_then_the_warm_starts_then_the_budgets():
     from types import SimpleNamespace
 
@@ -340,8 +374,13 @@ def test_fold_vs_ensemble_scores_the_export_as_nas_predict_does_and_each_fold_mo
     card = json.loads((cv_run / "export" / "model_card.json").read_text())
     models = out["models"]
     assert list(models) == ["out of fold (where the threshold was chosen)", "fold 0 alone", "fold 1 alone", "fold 2 alone",
-                            "fold average (the export)"]
+                            "fold average (the export)", "out of fold, each fold model Platt-scaled",
+                            "average of the Platt-scaled fold models, new sessions"]
     assert out["threshold"] == pytest.approx(card["threshold"])
+    assert len(out["platt"]["by_fold"]) == 3 and 0 < out["platt"]["threshold"] < 1
+    scaled = models.pop("out of fold, each fold model Platt-scaled")  # rescored, the threshold chosen again on it
+    assert scaled["sessions_keeping_floor"][1] == models["out of fold (where the threshold was chosen)"]["sessions_keeping_floor"][1]
+    assert models.pop("average of the Platt-scaled fold models, new sessions")["sessions_keeping_floor"][1] == 6
     # the fold average is the export: the same figures as `nas predict` on the same frames at the same threshold
     assert cli("predict", cv_run / "export", easy_data, "--out", tmp_path / "p.csv").code == 0
     truth = {r["path"].split("/")[-1]: r["label"] == "positive" for r in csv.DictReader(open(easy_data / "labels.csv"))}
@@ -354,6 +393,17 @@ def test_fold_vs_ensemble_scores_the_export_as_nas_predict_does_and_each_fold_mo
     assert oof["sessions_keeping_floor"][1] < 6  # the test split's session is not out of fold
     for fig in models.values():  # the six sessions of the frames given
         assert 0 <= fig["recall"] <= 1 and fig["sessions_keeping_floor"][1] == 6
+
+
+def test_fold_vs_ensemble_platt_scaling_recovers_a_known_scale_and_keeps_the_order():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))).astype(int)  # true scale: slope 0.5, intercept -1
+    prob = 1 / (1 + np.exp(-z))
+    slope, intercept = fold_vs_ensemble.platt(y, prob)
+    assert slope == pytest.approx(0.5, abs=0.08) and intercept == pytest.approx(-1.0, abs=0.15)
+    again = fold_vs_ensemble.rescaled(prob, slope, intercept)
+    assert (np.argsort(again, kind="stable") == np.argsort(prob, kind="stable")).all()  # monotone: ranks kept
 
 
 def test_racing_replay_and_selection_on_a_run_searched_without_racing(tmp_path, easy_data, finished_run,
