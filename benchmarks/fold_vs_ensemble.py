@@ -21,7 +21,6 @@ by that mixing rather than by the sessions, the rescaled rows would keep less su
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -73,19 +72,13 @@ def rescaled(prob: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(slope * logit(prob) + intercept)))
 
 
-def oof_fold_index(run: Path) -> np.ndarray:
-    """Each out-of-fold frame's fold, in the order thresholds.oof_frames returns the frames."""
-    rows = [r for r in csv.DictReader(open(run / "split.csv")) if r.get("fold")]
-    return np.array(sorted(int(r["fold"]) for r in rows))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("data", type=Path, help="labelled frames of new sessions (labels.csv with a group column)")
     args = ap.parse_args()
 
-    from thresholds import oof_frames  # beside this script
+    from thresholds import oof_folds, oof_frames  # beside this script
 
     from nas import training
     from nas.export import members as members_mod
@@ -109,7 +102,7 @@ def main() -> None:
     oy, ogroups, oprob = oof_frames(args.run, str(card["trial_id"]))  # what the threshold was chosen on
     result = {"out of fold (where the threshold was chosen)": figures(oy, ogroups, oprob, threshold, floor), **result}
     # each fold model on a common scale: Platt on its own out-of-fold frames, the threshold chosen again
-    fold_of, ob = oof_fold_index(args.run), opened.exp.objective
+    fold_of, ob = oof_folds(args.run), opened.exp.objective
     scales = [platt(oy[fold_of == k], oprob[fold_of == k]) for k in range(len(folds))]
     oscaled = np.concatenate([rescaled(oprob[fold_of == k], *scales[k]) for k in range(len(folds))])
     again = precision_at_recall(oy, oscaled, floor, ob.recall_confidence, groups=ogroups)

@@ -116,6 +116,10 @@ def hardest_session(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, thresho
             "hardest_recall": round(float((prob[positives] >= threshold).mean()), 4)}
 
 
+def _hardest(fig: dict) -> str:
+    return f"{fig['hardest_session']}: {fig['hardest_pr_auc']:.4f}" if "hardest_session" in fig else "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a cross-validated run folder (results/<experiment>/<run-id>)")
@@ -197,8 +201,7 @@ def main() -> None:
         diff = (f"objective {fig['minus_base']['objective']:+.4f}, PR-AUC {fig['minus_base']['pr_auc']:+.4f}, "
                 f"{fig['time_ratio']:.2f}x time") if name != BASE else ""
         print(f"| {name} | {fig['objective']:.4f} | {fig['recall']:.3f} | {fig['pr_auc']:.4f} | "
-              f"{fig['plain_precision']:.4f} | {fig.get('hardest_session', '-')}: {fig.get('hardest_pr_auc', float('nan')):.4f} | "
-              f"{fig['seconds']:.1f} | {diff} |")
+              f"{fig['plain_precision']:.4f} | {_hardest(fig)} | {fig['seconds']:.1f} | {diff} |")
     print(json.dumps(summary))
 
 

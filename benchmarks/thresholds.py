@@ -26,15 +26,26 @@ DEFAULT_RULES = "plain,frames:0.9,sessions:0.7,sessions:0.8,sessions:0.9"
 def oof_frames(run: Path, trial_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, sessions and probabilities of a trial's out-of-fold frames, in the order the trial stored them
     (fold by fold, rows in split.csv order)."""
-    rows = [r for r in csv.DictReader(open(run / "split.csv")) if r.get("fold")]
-    if not rows:
-        raise SystemExit(f"{run / 'split.csv'}: no folds; this script re-scores cross-validated runs")
-    rows.sort(key=lambda r: int(r["fold"]))
+    rows = _oof_rows(run)
     prob = np.load(run / "trials" / trial_id / "oof_probs.npy")
     if len(prob) != len(rows):
         raise SystemExit(f"{run}: trial {trial_id} stored {len(prob)} out-of-fold probabilities for {len(rows)} frames")
     labels = np.array([r["label"] == "positive" for r in rows], int)
     return labels, np.array([r.get("group", "") for r in rows]), prob
+
+
+def oof_folds(run: Path) -> np.ndarray:
+    """Each out-of-fold frame's fold, in the order oof_frames returns the frames."""
+    return np.array([int(r["fold"]) for r in _oof_rows(run)])
+
+
+def _oof_rows(run: Path) -> list[dict]:
+    """split.csv's cross-validated rows, fold by fold (split.csv order within a fold): the order trials store
+    their out-of-fold probabilities in."""
+    rows = [r for r in csv.DictReader(open(run / "split.csv")) if r.get("fold")]
+    if not rows:
+        raise SystemExit(f"{run / 'split.csv'}: no folds; this script re-scores cross-validated runs")
+    return sorted(rows, key=lambda r: int(r["fold"]))
 
 
 def test_frames(run: Path) -> tuple[np.ndarray, np.ndarray]:
