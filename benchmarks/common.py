@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import os
 import resource
@@ -180,3 +181,29 @@ def each_run(runs, measure):
             yield run, measure(run)
         except NasError as e:
             raise SystemExit(str(e)) from None
+
+
+def called_by_kind(y, kinds, called) -> dict:
+    """Frames called positive at the threshold for each kind of frame demo data draws (labels.csv's `kind`:
+    single, drift, defocused, aggregate, ...; a folder without that column has none), with its label: which
+    negatives fool the model. On dev-W's magnification variant 124 of 162 drifted frames were called, the most
+    of any kind of negative (README, "How the recommended experiment was chosen"): small particles smeared
+    along one direction look like rods at 48 px."""
+    out = {}
+    for kind in sorted(set(kinds.tolist()) - {""}):
+        for label, name in ((1, "positive"), (0, "negative")):
+            mine = (kinds == kind) & (y == label)
+            if mine.any():
+                out[f"{kind} ({name})"] = {"frames": int(mine.sum()), "called": int(called[mine].sum())}
+    return out
+
+
+def frame_kinds(records, root: Path) -> np.ndarray:
+    """Each cached frame's kind from ROOT/labels.csv's `kind` column (demo data's: single, drift, aggregate,
+    ...), in the records' order; "" for a frame without one, or for every frame of a folder without the column."""
+    table = root / "labels.csv"
+    kind = {}
+    if table.is_file():
+        with open(table, newline="") as f:
+            kind = {r["path"]: r.get("kind") or "" for r in csv.DictReader(f)}
+    return np.array([kind.get(str(r.path), "") for r in records])

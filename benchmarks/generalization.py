@@ -37,7 +37,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from common import REPO, nas
+from common import REPO, called_by_kind, nas
 
 from nas.synthetic import FAMILIES
 
@@ -214,20 +214,6 @@ def score_new_sessions(preds: Path, data: Path, threshold: float, floor: float) 
             "precision_at_floor_chosen_on_them": round(rep["precision_at_floor"], 4),
             "sessions_keeping_floor": sum(r >= floor for r in recalls), "worst_session_recall": min(recalls, default=None),
             "per_session": sessions, "called_by_kind": called_by_kind(y, kinds, prob >= threshold), "predictions": str(preds)}
-
-
-def called_by_kind(y, kinds, called) -> dict:
-    """Frames called positive at the threshold for each kind of frame demo data draws (labels.csv's `kind`:
-    single, drift, defocused, aggregate, ...; a folder without that column has none), with its label: which
-    negatives fool the model. On dev-W's magnification variant 124 of 162 drifted frames were called, the most
-    of any kind of negative (README, "How the recommended experiment was chosen")."""
-    out = {}
-    for kind in sorted(set(kinds.tolist()) - {""}):
-        for label, name in ((1, "positive"), (0, "negative")):
-            mine = (kinds == kind) & (y == label)
-            if mine.any():
-                out[f"{kind} ({name})"] = {"frames": int(mine.sum()), "called": int(called[mine].sum())}
-    return out
 
 
 def sessions_inside(fresh: dict, fig: dict) -> dict:

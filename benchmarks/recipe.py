@@ -7,9 +7,10 @@ warm start's own `training.epochs`, else the run's budget.epochs.
 Each variant's out-of-fold probabilities are pooled over the folds and scored as the search scores a trial:
 the objective (precision at the recall floor, the threshold kept by the run's recall-confidence rule over
 sessions), PR-AUC, the plain rule's precision (out-of-fold recall >= floor), and the session that ranks worst
-(its PR-AUC, and its recall at the variant's threshold: the session that sets it); with its training seconds
-and parameters. What a search would gain from a change shows in the objective: a model whose scores shift
-between sessions forces the session rule to a low threshold even when its pooled PR-AUC is high. The last
+(its PR-AUC, and its recall at the variant's threshold: the session that sets it), and the frames it calls
+positive by demo data's `kind` (which negatives fool it); with its training seconds and parameters. What a
+search would gain from a change shows in the objective: a model whose scores shift between sessions forces
+the session rule to a low threshold even when its pooled PR-AUC is high. The last
 line is a JSON object: per variant its figures, per fold its PR-AUC, and each variant's differences from the
 warm start and its time ratio. Development data only: choosing a recipe on held-out data spends it.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import common  # also quiets TensorFlow's start-up log
 import numpy as np
@@ -97,6 +99,7 @@ def pooled_figures(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, objectiv
     plain = precision_at_recall(y, prob, objective.recall_floor)
     return {"objective": round(s.objective, 4), "recall": round(s.recall, 4), "threshold": round(s.threshold, 4),
             "pr_auc": round(s.pr_auc, 4), "plain_precision": round(plain.precision, 4),
+            "plain_threshold": round(float(plain.threshold), 4),
             **hardest_session(y, prob, groups, s.threshold)}
 
 
@@ -182,11 +185,15 @@ def main() -> None:
                       flush=True)
     val_rows = np.concatenate([p.val_rows for p in plans])
     y, groups = frames.labels[val_rows], frames.groups[val_rows]
+    kinds = common.frame_kinds(frames.cached.records, Path(exp.data.path))[val_rows]
     summary = {"run": str(args.run), "epochs": epochs, "folds": [p.index for p in plans], "seed": args.seed, "policy": policy,
                "recall_floor": exp.objective.recall_floor, "recall_confidence": exp.objective.recall_confidence,
                "average_from_epoch": average_from, "variants": {}, "rows": rows}
     for label, name in scored:
-        fig = pooled_figures(y, np.concatenate(probs[label]), groups, exp.objective, args.seed)  # as the search does
+        prob = np.concatenate(probs[label])
+        fig = pooled_figures(y, prob, groups, exp.objective, args.seed)  # as the search does
+        fig["called_by_kind"] = common.called_by_kind(y, kinds, prob >= fig["threshold"])
+        fig["called_by_kind_plain"] = common.called_by_kind(y, kinds, prob >= fig["plain_threshold"])
         summary["variants"][label] = {"changes": variants[name], "size": size_of[name], "epochs": epochs_of[name], **fig,
                                       "averaged": label != name,
                                       "seconds": round(float(np.mean(seconds[label])), 2),
@@ -202,7 +209,25 @@ def main() -> None:
                 f"{fig['time_ratio']:.2f}x time") if name != BASE else ""
         print(f"| {name} | {fig['objective']:.4f} | {fig['recall']:.3f} | {fig['pr_auc']:.4f} | "
               f"{fig['plain_precision']:.4f} | {_hardest(fig)} | {fig['seconds']:.1f} | {diff} |")
+    print_negatives_called(summary["variants"])
     print(json.dumps(summary))
+
+
+def print_negatives_called(variants: dict) -> None:
+    """Which kinds of negative each variant calls positive out of fold (demo data's `kind`; nothing for frames
+    without one), at its own threshold and at the plain rule's (pooled recall at the floor, so that variants
+    compare at the same recall: on dev-W a variant whose hardest session forced a low threshold called 130 of
+    223 empty frames at its own and looked worse at every kind for that alone)."""
+    for key, where in (("called_by_kind", "at its threshold"), ("called_by_kind_plain", "at the plain rule's threshold")):
+        kinds = sorted({k for fig in variants.values() for k in fig.get(key, {}) if k.endswith("(negative)")})
+        if not kinds:
+            continue
+        print(f"\n| negatives called positive, out of fold, {where} | "
+              f"{' | '.join(k.removesuffix(' (negative)') for k in kinds)} |")
+        print("|---|" + "---|" * len(kinds))
+        for name, fig in variants.items():
+            cells = [fig.get(key, {}).get(k) for k in kinds]
+            print(f"| {name} | " + " | ".join(f"{c['called']}/{c['frames']}" if c else "-" for c in cells) + " |")
 
 
 if __name__ == "__main__":  # the frame cache decodes in worker processes (forkserver): guard the entry point

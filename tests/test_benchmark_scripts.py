@@ -245,8 +245,11 @@ def test_recipe_scores_each_variant_out_of_fold_as_the_search_would(cv_run, monk
     assert wider["params"] > base["params"]
     for fig in out["variants"].values():  # the session rule's threshold qualifies under the plain rule too
         assert 0 <= fig["objective"] <= fig["plain_precision"] + 1e-9 <= 1 + 1e-9 and 0 <= fig["pr_auc"] <= 1
+        assert fig["threshold"] <= fig["plain_threshold"] + 1e-4  # ... and is never above the plain one
     assert group["minus_base"]["pr_auc"] == pytest.approx(group["pr_auc"] - base["pr_auc"], abs=2e-4)
     assert "| group |" in "\n".join(lines)
+    assert all(fig["called_by_kind"] == {} for fig in out["variants"].values())  # its labels.csv names no kind
+    assert "negatives called positive" not in "\n".join(lines)
     for variant, why in (("odd:blocks.colour=red", "--variant odd: unknown key 'blocks.colour'"),
                          ("typo:blocks.normalization=grup", "--variant typo: blocks.normalization: expected one of none, batch"),
                          ("long:training.epochs=0", "--variant long: training.epochs"),
@@ -268,6 +271,29 @@ def test_recipe_names_the_session_that_ranks_worst_and_its_recall_at_the_thresho
     assert out["hardest_session"] == "b" and out["hardest_recall"] == 0.5  # 0.3 is missed, 0.9 called
     assert out["hardest_pr_auc"] == pytest.approx((1 + 2 / 3) / 2, abs=1e-4)  # ranked 0.9 +, 0.6 -, 0.3 +, 0.1 -
     assert recipe.hardest_session(y, p, np.array([""] * 10), 0.5) == {}
+
+
+def test_recipe_counts_the_negatives_each_variant_calls_by_the_kind_labels_csv_names(tmp_path, capsys):
+    import common
+
+    from nas.data import Record
+
+    (tmp_path / "labels.csv").write_text("path,label,group,kind\nn/a.tif,negative,s0,drift\nn/b.tif,negative,s0,drift\n"
+                                         "p/c.tif,positive,s1,single\nn/d.tif,negative,s1,empty\n")
+    records = [Record("p/c.tif", 1, "s1"), Record("n/a.tif", 0, "s0"), Record("n/e.tif", 0, "s1"), Record("n/b.tif", 0, "s0")]
+    kinds = common.frame_kinds(records, tmp_path)
+    assert kinds.tolist() == ["single", "drift", "", "drift"]  # in the records' order; a frame it does not list: ""
+    assert common.frame_kinds(records, tmp_path / "elsewhere").tolist() == [""] * 4
+    y, called = np.array([1, 0, 0, 0]), np.array([True, True, True, False])
+    by_kind = common.called_by_kind(y, kinds, called)
+    assert by_kind == {"drift (negative)": {"frames": 2, "called": 1}, "single (positive)": {"frames": 1, "called": 1}}
+    plain = common.called_by_kind(y, kinds, np.array([True, True, True, True]))
+    recipe.print_negatives_called({"warm-start": {"called_by_kind": by_kind, "called_by_kind_plain": plain},
+                                   "v": {"called_by_kind": {}, "called_by_kind_plain": {}}})
+    own, at_plain = capsys.readouterr().out.split("plain rule's threshold")
+    assert "| negatives called positive, out of fold, at its threshold | drift |" in own
+    assert "| warm-start | 1/2 |" in own and "| v | - |" in own
+    assert "| warm-start | 2/2 |" in at_plain and "| v | - |" in at_plain
 
 
 def test_recipe_lengths_a_variant_its_own_then_asked_then_the_warm_starts_then_the_budgets():
