@@ -265,10 +265,21 @@ def make_optimizer(v: dict[str, Any], decay_steps: int = 0) -> keras.optimizers.
     return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd or None)
 
 
+def make_loss(v: dict[str, Any]) -> keras.losses.Loss | str:
+    """Binary cross-entropy, focal where loss.focal_gamma > 0, with smoothed labels where loss.label_smoothing
+    > 0 (values logged before these keys existed have neither)."""
+    gamma, eps = v.get("loss.focal_gamma", 0.0), v.get("loss.label_smoothing", 0.0)
+    if gamma > 0:
+        return keras.losses.BinaryFocalCrossentropy(gamma=gamma, label_smoothing=eps)
+    if eps > 0:
+        return keras.losses.BinaryCrossentropy(label_smoothing=eps)
+    return "binary_crossentropy"
+
+
 def compile_model(model: keras.Model, v: dict[str, Any], recall_floor: float, decay_steps: int = 0) -> keras.Model:
     model.compile(
         optimizer=make_optimizer(v, decay_steps),
-        loss="binary_crossentropy",
+        loss=make_loss(v),
         metrics=[
             keras.metrics.PrecisionAtRecall(recall_floor, name=PRECISION_METRIC),
             keras.metrics.AUC(curve="PR", name=PR_AUC_METRIC),

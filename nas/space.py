@@ -72,6 +72,13 @@ SPACE_SCHEMA: dict[str, dict[str, Param]] = {
         "weight_decay": Param(float, 0.0, low=0.0, high=0.5),
         "schedule": Param(str, "constant", options=("constant", "cosine")),  # cosine: decays to 0 over the trial
     },
+    # the training loss: binary cross-entropy against targets t smoothed to eps/2 and 1 - eps/2
+    # (label_smoothing eps), scaled by (1 - p_t)^gamma where focal_gamma > 0 (p_t = t p + (1 - t)(1 - p): frames
+    # the model already gets right weigh less than the negatives it confuses); both 0: plain cross-entropy
+    "loss": {
+        "focal_gamma": Param(float, 0.0, low=0.0, high=5.0),
+        "label_smoothing": Param(float, 0.0, low=0.0, high=0.3),
+    },
     "autokeras": {
         "block_type": Param(str, "vanilla", options=("vanilla", "resnet", "xception")),
         "normalize": Param(bool, False),
@@ -264,7 +271,7 @@ def parse_space(text: str, source: str = "<space>") -> SearchSpace:
     except yaml.YAMLError as exc:
         raise NasError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise NasError(f"{source}: expected a mapping of sections (stem, blocks, head, optimizer, autokeras)")
+        raise NasError(f"{source}: expected a mapping of sections (stem, blocks, head, optimizer, loss, autokeras)")
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise NasError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; expected: {', '.join(sorted(TOP_KEYS))}")

@@ -244,3 +244,22 @@ def test_how_long_a_trial_goes_on_past_the_deadline_is_read_from_its_pace():
     resumed = rec.replace(epochs=({"epoch": 1, "fold": 2, "time": 50.0}, *rec.epochs))
     assert seconds_left(resumed, 6) == 30.0  # an earlier process's epoch counts as done, not in the pace
     assert seconds_left(rec.replace(epochs=()), 6) is None and seconds_left(None, 6) is None
+
+
+def test_the_loss_a_space_names_is_the_loss_its_trials_train_and_validate_with(tmp_path, tiny_data):
+    """The same seeded trial, its space once without a loss section and once with loss.focal_gamma 2: the focal
+    trial's logged validation loss is far below the plain one ((1 - p_t)^2 <= 1 for every frame, about 1/4
+    while predictions sit near 0.5 after one epoch), and the run's frozen space keeps the key."""
+    text = (REPO / "search_spaces" / "small_cnn.yaml").read_text()
+    val_loss = {}
+    for name, extra in (("plain", ""), ("focal", "loss:\n  focal_gamma: 2.0\n")):
+        space = tmp_path / f"{name}.yaml"
+        space.write_text(text + extra)
+        exp = write_experiment(tmp_path / f"{name}.toml", tiny_data, search={"space": str(space)},
+                               budget={"max_trials": 1, "epochs": 1})
+        assert cli("search", exp, "--results", tmp_path / name, "--run-id", "r").code == 0
+        run = tmp_path / name / "tiny" / "r"
+        assert ("focal_gamma: 2.0" in (run / "search_space.yaml").read_text()) == (name == "focal")
+        epochs = [e for e in read_events(run / "trials.jsonl") if e["event"] == "epoch"]
+        val_loss[name] = epochs[-1]["val_loss"]
+    assert 0 < val_loss["focal"] < 0.6 * val_loss["plain"], val_loss

@@ -183,3 +183,28 @@ def test_mixstyle_under_a_bfloat16_policy_returns_finite_bfloat16_and_is_the_ide
                               np.asarray(keras.ops.cast(x, "float32")))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("gamma, eps", [(0.0, 0.0), (2.0, 0.0), (0.0, 0.1), (2.0, 0.1)])
+def test_the_loss_section_compiles_focal_and_smoothed_cross_entropy(gamma, eps):
+    """The compiled loss is the formula the space names: against targets t smoothed to eps/2 and 1 - eps/2,
+    (1 - p_t)^gamma times the cross-entropy, p_t = t p + (1 - t)(1 - p) (gamma 0, eps 0: plain cross-entropy)."""
+    import numpy as np
+
+    space = parse_space(f"blocks: {{count: 1}}\nloss: {{focal_gamma: {gamma}, label_smoothing: {eps}}}\n")
+    values = {name: dim.constant for name, dim in space.dimensions.items()}
+    model = build_model(values, 16, 0.9)
+    y = np.array([[1.0], [0.0], [1.0], [0.0]], np.float32)
+    p = np.array([[0.9], [0.2], [0.3], [0.7]], np.float32)
+    t = y * (1 - eps) + eps / 2
+    bce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    p_true = t * p + (1 - t) * (1 - p)
+    expected = float(np.mean((1 - p_true) ** gamma * bce))
+    assert float(model.compute_loss(None, y, p, training=False)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_loss_key_out_of_range_names_the_file_and_key():
+    with pytest.raises(NasError, match=r"s\.yaml: loss\.focal_gamma"):
+        parse_space("blocks: {count: 1}\nloss: {focal_gamma: 9.0}\n", "s.yaml")
+    with pytest.raises(NasError, match=r"unknown key loss\.alpha"):
+        parse_space("blocks: {count: 1}\nloss: {alpha: 0.5}\n", "s.yaml")
