@@ -125,3 +125,8 @@ def test_space_and_tuner_must_fit(tmp_path, tiny_data):
     exp = write_experiment(tmp_path / "e.toml", tiny_data, search={"tuner": "autokeras"})
     res = cli("search", exp, "--results", tmp_path / "res")
     assert res.code == 2 and "needs an autokeras: section" in res.err
+    space = tmp_path / "ak_loss.yaml"
+    space.write_text("autokeras:\n  block_type: vanilla\nloss:\n  focal_gamma: 2.0\n")
+    exp = write_experiment(tmp_path / "e2.toml", tiny_data, search={"tuner": "autokeras", "space": str(space)})
+    res = cli("search", exp, "--results", tmp_path / "res2")
+    assert res.code == 2 and f"{space}: loss: is for the CNN families" in res.err, res.err

@@ -29,6 +29,9 @@ def make_hypermodel(exp: Experiment, space: SearchSpace, n_train: int = 0):
     if tuner == "autokeras":
         if "autokeras" not in space.sections:
             raise NasError(f"{space.source}: search.tuner = autokeras needs an autokeras: section in the space")
+        if "loss" in space.sections:  # AutoKeras's head compiles its own cross-entropy; a named loss would be ignored
+            raise NasError(f"{space.source}: loss: is for the CNN families (tuner random, bayesian or hyperband); "
+                           "search.tuner = autokeras trains with AutoKeras's cross-entropy: remove the loss: section")
         return AutoKerasHyperModel(space, size, floor, n_train, exp.search.batch_size, exp.budget.epochs)
     if "blocks" not in space.sections:
         raise NasError(f"{space.source}: search.tuner = {tuner} needs a blocks: section in the space "
