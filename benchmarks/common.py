@@ -113,6 +113,11 @@ def train_fold(frames, plan, values: dict, read: int, exp, epochs: int, seed: in
     batch = exp.search.batch_size
     steps = training.steps_per_epoch(len(plan.train_rows), batch) * epochs
     model = models.build_model(values, read, exp.objective.recall_floor, steps)
+    if exp.training.init_weights:  # as a trial starts: from these weights where the layers match
+        from nas.search.fold import load_initial
+
+        if not load_initial(model, Path(exp.training.init_weights)):
+            raise SystemExit(f"training.init_weights {exp.training.init_weights}: another network's weights")
     store, labels = frames.stores[read], frames.labels
     augment = trial_augment(exp.augment, values)  # as a trial builds it
     weights = data_mod.loss_weights(exp.training.class_weight, labels, frames.groups, plan.train_rows)

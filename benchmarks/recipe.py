@@ -37,7 +37,7 @@ import yaml
 from sklearn.metrics import average_precision_score
 
 BASE = "warm-start"
-EXPERIMENT_KEYS = {"training.class_weight"}  # keys of the experiment file, not the space, that a variant may change
+EXPERIMENT_KEYS = {"training.class_weight", "training.init_weights"}  # keys of the experiment file, not the space, that a variant may change
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

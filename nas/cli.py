@@ -19,12 +19,15 @@ VERBOSE_HELP = "show TensorFlow's C++ log lines and Python warnings (hidden by d
 
 
 def cmd_demo_data(args) -> int:
-    from nas.synthetic import FAMILIES, generate
+    from nas.synthetic import FAMILIES, generate, generate_pool
 
-    labels = generate(args.out, n=args.n, size=args.size, seed=args.seed, groups=args.groups, family=args.family,
-                      positive_rate=args.positive_rate, rate_spread=args.rate_spread)
-    print(f"wrote {args.n} frames of {args.size} px to {args.out} (labels: {labels})")
-    print(f"family {args.family}: {FAMILIES[args.family].about}")
+    names = args.family.split(",")
+    options = {"n": args.n, "size": args.size, "seed": args.seed, "groups": args.groups,
+               "positive_rate": args.positive_rate, "rate_spread": args.rate_spread}
+    labels = generate(args.out, family=args.family, **options) if len(names) == 1 else generate_pool(args.out, names, **options)
+    print(f"wrote {args.n // len(names) * len(names)} frames of {args.size} px to {args.out} (labels: {labels})")
+    for i, name in enumerate(names):
+        print(f"family {name}" + (f" (OUT/{name}, seed {args.seed + i})" if len(names) > 1 else "") + f": {FAMILIES[name].about}")
     return 0
 
 
@@ -240,7 +243,8 @@ def _data_commands(sub) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--groups", type=int, help="chips/sessions; splits never mix them (default: the family's, 8 for base)")
     d.add_argument("--family", default="base", metavar="NAME",
-                   help="kind of data (default base): " + ", ".join(_family_names()) + "; see README, Demo data")
+                   help="kind of data (default base): " + ", ".join(_family_names()) + "; several, comma-separated: "
+                        "one data set of all of them (each family in OUT/<name>, its seed the next)")
     d.add_argument("--positive-rate", type=float, metavar="P",
                    help="share of frames drawn positive, on average over sessions (default: the family's)")
     d.add_argument("--rate-spread", type=float, metavar="S",

@@ -53,6 +53,14 @@ def _at_least(lo: float):
 _nonneg, _positive = _at_least(0), (lambda v: None if v > 0 else f"expected a value > 0, got {v!r}")
 
 
+def _weights_file(v) -> str | None:
+    """The name only: a finished run's frozen experiment stays readable (export, report) after the file has
+    moved; a search checks that the file is there before it starts (nas.search.lifecycle)."""
+    if v == "" or str(v).endswith(".weights.h5"):
+        return None
+    return f"expected a Keras weights file ending in .weights.h5, got {v!r}"
+
+
 def _numbers(v, n: int, what: str) -> str | None:
     if len(v) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
         return f"expected {what}, got {list(v)!r}"
@@ -158,6 +166,9 @@ class BudgetConfig:
 class TrainingConfig:
     early_stopping_patience: int = key(0, _nonneg, "epochs without improvement before a trial stops; 0 disables")
     class_weight: str = key("auto", _one_of(("auto", "session", "none")))
+    init_weights: str = key("", _weights_file, "a Keras .weights.h5 file (an earlier run's RUN/trials/<id>/best.weights.h5, "
+                            "or .../fold-0/... under cross-validation) that every trial whose network has the same layers "
+                            "starts from instead of random weights; others start fresh. Empty: none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,9 +324,9 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), *, resolve_
         raw[section][name] = value
     if resolve_paths:
         here = Path(base) if base else Path.cwd()
-        for section, name in (("data", "path"), ("search", "space")):
+        for section, name in (("data", "path"), ("search", "space"), ("training", "init_weights")):
             value = raw.get(section, {}).get(name)
-            if isinstance(value, str):
+            if isinstance(value, str) and (value or name != "init_weights"):  # empty: no initial weights
                 raw[section][name] = str((here / Path(value).expanduser()).resolve())
     return build(raw, source, overrides)
 

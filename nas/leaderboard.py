@@ -18,7 +18,7 @@ from nas.trial import SHOWN_STATUSES, TrialRecord, TrialStatus, rank_key
 
 FORMATS = ("table", "csv", "json", "md")
 COLUMNS = (
-    "rank", "run", "trial_id", "status", "feasible", "split", "objective", "objective_ci95", "folds", "threshold", "recall",
+    "rank", "run", "trial_id", "status", "feasible", "split", "objective", "objective_ci95", "folds", "from_init", "threshold", "recall",
     "tie_break", "pr_auc", "val_loss", "params", "latency_ms", "seconds", "epochs_run", "best_epoch", "reason",
 )
 STATUSES = (*SHOWN_STATUSES, "all")
@@ -87,6 +87,8 @@ def _uninformative(column: str, rows: list[dict[str, Any]]) -> bool:
         return True  # empty everywhere: val_loss under cross-validation, reason when nothing went wrong
     if column == "feasible":
         return all(r.get("feasible", True) for r in rows)
+    if column == "from_init":  # shown only when some trial started from training.init_weights
+        return not any(r.get("from_init") for r in rows)
     if column == "split":
         return len({r.get(column) for r in rows}) <= 1
     if column == "tie_break":

@@ -63,6 +63,7 @@ class FoldResult:
     positives: int = 0
     epochs_run: int = 0
     seconds: float = 0.0
+    from_init: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +98,7 @@ class TrialRecord:
     fit_seconds: float | None = None
     timing: dict[str, float] = field(default_factory=dict)
     precision_policy: str = ""
+    from_init: bool = False  # its network started from training.init_weights, not from random weights
     rss_mb: float | None = None
     pid: int | None = None
     tuner_id: str = ""

@@ -83,8 +83,8 @@ def test_a_hyperband_rung_schedules_its_cosine_over_its_own_epochs(tmp_path):
         def load_weights(self, path):
             raise AssertionError("no earlier rung named")
 
-    model, start, ckpt = restore_or_build(job, lambda steps: asked.append(steps) or Built())
-    assert asked == [4 * 4] and start == 2 and ckpt is None  # 4 steps an epoch, epochs 3..6 of this rung
+    started = restore_or_build(job, lambda steps: asked.append(steps) or Built())
+    assert asked == [4 * 4] and started.epoch == 2 and started.checkpoint is None and not started.from_init  # 4 steps an epoch, epochs 3..6 of this rung
 
 
 def test_precision_auto_probes_once_and_falls_back_without_native_units(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import tifffile
 
 from nas.synthetic import FAMILIES, FAMILY_FIELDS, generate, instrument
 
-from .conftest import cli
+from .conftest import cli, write_experiment
 
 
 def _rows(out: Path, family: str, n: int, size: int = 32, seed: int = 0, **kw) -> list[dict]:
@@ -167,3 +167,27 @@ def test_a_session_shares_its_settings_and_sessions_differ(tmp_path):
         assert all(len(v) == 1 for v in values.values()), column  # one setting per session
     for column in ("scale", "dose", "gain", "drift_scale", "positive_share", "focus_limit_px", "shape_weights"):
         assert len({r[column] for r in rows}) >= 8, column  # ten sessions, (nearly) ten settings: rounding may merge two
+
+
+def test_several_families_make_one_data_set_whose_sessions_stay_apart(tmp_path):
+    res = cli("demo-data", tmp_path / "pool", "--n", 24, "--size", 16, "--seed", 5, "--groups", 3,
+              "--family", "base,low-dose")
+    assert res.code == 0, res.err
+    rows = list(csv.DictReader(open(tmp_path / "pool" / "labels.csv")))
+    assert len(rows) == 24 and collections.Counter(r["family"] for r in rows) == {"base": 12, "low-dose": 12}
+    assert {r["group"] for r in rows} == {f"{f}-chip0{i}" for f in ("base", "low-dose") for i in range(3)}
+    # each family is the data set `--family NAME --seed S+i` would write, frame for frame
+    alone = _rows(tmp_path / "alone", "low-dose", 12, size=16, seed=6, groups=3)
+    for r, a in zip([r for r in rows if r["family"] == "low-dose"], alone, strict=True):
+        assert r["path"] == f"low-dose/{a['path']}" and r["label"] == a["label"]
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "pool" / r["path"]), tifffile.imread(tmp_path / "alone" / a["path"]))
+    scanned = cli("search", _pool_experiment(tmp_path), "--results", tmp_path / "results", "--max-trials", "1")
+    assert scanned.code == 0, scanned.err
+    split = list(csv.DictReader(open(next((tmp_path / "results").glob("*/*/split.csv")))))
+    assert all(len({r["split"] for r in split if r["group"] == g}) == 1 for g in {r["group"] for r in split})
+    twice = cli("demo-data", tmp_path / "x", "--n", 8, "--family", "base,base")
+    assert twice.code == 2 and "named twice" in twice.err and twice.err.count("\n") == 1
+
+
+def _pool_experiment(tmp_path: Path) -> Path:
+    return write_experiment(tmp_path / "pool.toml", tmp_path / "pool", budget={"max_trials": 1, "epochs": 1})

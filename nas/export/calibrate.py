@@ -109,6 +109,15 @@ def refit(opened: OpenRun, member: Member, frames: RunFrames, size: int):
     keras.utils.set_random_seed(seed)
     model = architecture(opened, rec, size, compiled=True, frames=store[rows[:256]][..., None],
                          decay_steps=training.steps_per_epoch(len(rows), batch) * epochs)
+    if rec.from_init:  # as the trial trained: from training.init_weights
+        from pathlib import Path
+
+        from nas.search.fold import load_initial
+
+        start = Path(exp.training.init_weights)
+        if not start.is_file() or not load_initial(model, start):
+            raise NasError(f"training.init_weights {start}: trial {rec.trial_id} started from this file, which is no "
+                           "longer there or no longer fits its network; --refit needs the file the search used")
     augment = trial_augment(exp.augment, rec.hyperparameters)
     weights = data_mod.loss_weights(exp.training.class_weight, labels, frames.groups, rows)
     training.fit_epochs(model, lambda e: data_mod.epoch_batches(store, labels, rows, batch, epoch=e, shuffle=True,

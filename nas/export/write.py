@@ -72,6 +72,7 @@ def model_card(opened: OpenRun, members: list[Member], net, size: int, cal: Cali
         "threshold_sessions": sessions_at_threshold(cal, exp.objective.recall_floor, exp.objective.recall_confidence),
         "search_estimate": {"objective": best.objective, "ci95": list(best.objective_ci95 or ()), "split": best.split},
         "refit": refit,
+        "initial_weights": _initial_weights(exp.training.init_weights) if best.from_init else None,
         "keras_file_needs": "autokeras (AutoKeras layers)" if exp.search.tuner == "autokeras" else "keras only",
         "tta": exp.augment.tta,
         "trained_in": best.precision_policy or "float32", "serves_in": "float32",
@@ -155,6 +156,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _initial_weights(path: str) -> dict[str, str]:
+    """Where the winner's network started (training.init_weights), so the card names what it learnt before this
+    data; the file's digest where it is still there."""
+    file = Path(path)
+    return {"path": path, "sha256": _sha256(file) if file.is_file() else "the file is no longer there"}
+
+
 def _sessions_line(ts: dict | None) -> list[str]:
     """Which session sets the threshold, and what the same rule gives without it."""
     if not ts:
@@ -184,6 +192,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
         + (f" (its {card['recall_confidence']:g} one-sided lower bound)" if card.get("recall_confidence") else ""),
         *_sessions_line(card.get("threshold_sessions")),
         f"- Input: raw frames of any size, normalized inside the model to {card['input']['image_size']} px",
+        *([f"- Started from weights learnt before this data: `{card['initial_weights']['path']}` (training.init_weights)"]
+          if card.get("initial_weights") else []),
         "",
         "| split | n | positives | precision | recall | weighted F1 | PR-AUC | precision at floor |",
         "|---|---|---|---|---|---|---|---|",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -44,6 +45,7 @@ class FoldJob:
     augment: dict[str, Any]
     select_best_epoch: bool  # on the fold's val frames; never under cross-validation (those frames score it)
     warm_from: Path | None = None  # Hyperband: the earlier round's weights of this fold
+    init_weights: Path | None = None  # training.init_weights: where a fresh network with the same layers starts
     board: Path | None = None  # TensorBoard folder, if wanted
     checkpoint_every_s: float = 0.0
 
@@ -59,6 +61,17 @@ class FoldOutcome:
     val_loss: float | None = None
     fit_seconds: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)
+    from_init: bool = False  # the network started from training.init_weights
+
+
+class Started(NamedTuple):
+    """A fold's model, ready to train: its first epoch, the checkpoint it was restored from (if any), and
+    whether its network took training.init_weights."""
+
+    model: keras.Model
+    epoch: int
+    checkpoint: dict | None
+    from_init: bool
 
 
 @dataclass
@@ -73,11 +86,11 @@ class FoldContext:
     stops_at_deadline: Callable[[str], bool] = lambda trial_id: True
 
 
-def finish_fold(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: dict | None,
-                clock: Stopwatch) -> FoldOutcome:
+def finish_fold(started: Started, job: FoldJob, ctx: FoldContext, clock: Stopwatch) -> FoldOutcome:
     """Train a restored or built model, keep its weights, predict the val frames: the rest of a fold."""
+    model, start = started.model, started.epoch
     before = clock.seconds.get("train", 0.0) + clock.seconds.get("validate", 0.0)
-    history, progress = train(model, job, ctx, start, ckpt, clock)
+    history, progress = train(model, job, ctx, start, started.checkpoint, clock)
     with clock.phase("save"):
         keep_weights(model, progress, job.folder)
     with clock.phase("predict"):
@@ -86,22 +99,56 @@ def finish_fold(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, 
     val_loss, index = history.get("val_loss", []), progress.best_epoch - start - 1
     return FoldOutcome(job.plan.index, prob, start + len(history.get("loss", [])), progress.best_epoch,
                        float(val_loss[index]) if 0 <= index < len(val_loss) else None,
-                       clock.seconds.get("train", 0.0) + clock.seconds.get("validate", 0.0) - before)
+                       clock.seconds.get("train", 0.0) + clock.seconds.get("validate", 0.0) - before,
+                       from_init=started.from_init)
 
 
-def restore_or_build(job: FoldJob, build: Callable[[int], keras.Model]) -> tuple[keras.Model, int, dict | None]:
+def restore_or_build(job: FoldJob, build: Callable[[int], keras.Model]) -> Started:
     """The interrupted fold's last checkpoint (weights, optimizer and callback state), or a fresh model
-    (warm-started from an earlier Hyperband round when the oracle says so). Returns it, its first epoch to
-    train, and the checkpoint."""
+    (warm-started from an earlier Hyperband round when the oracle says so, else from training.init_weights
+    where its layers match)."""
     job.folder.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(job.folder)
     steps = -(-len(job.plan.train_rows) // job.batch_size) * (job.epochs - job.initial_epoch)
     model = build(steps)  # a cosine schedule spans this fold's own epochs, so every Hyperband rung ends at rate 0
-    if ckpt:
-        return restore(model, job.folder, ckpt), ckpt["epoch"], ckpt
+    from_init = job.warm_from is None and job.init_weights is not None and load_initial(model, job.init_weights)
+    if job.warm_from is None and job.init_weights is not None and not from_init:
+        model = build(steps)  # a failed load may have filled some layers: start from a clean build
+    if ckpt:  # a resumed fold: its checkpoint replaces every weight; whether it began from init_weights stays known
+        return Started(restore(model, job.folder, ckpt), ckpt["epoch"], ckpt, from_init)
     if job.warm_from is not None:
         model.load_weights(job.warm_from)
-    return model, job.initial_epoch, None
+    return Started(model, job.initial_epoch, None, from_init)
+
+
+def load_initial(model: keras.Model, path: Path) -> bool:
+    """Load training.init_weights into a fresh network if every layer matches; False (the network is then
+    partly loaded and must be rebuilt) where it is another architecture. Keras matches a .weights.h5 by the
+    layers' order and shapes, not their names, so a network saved at 48 px loads at 64 px: its convolutions
+    and head do not depend on the frame size. The optimizer starts afresh by design (Keras warns that it skips
+    the file's optimizer state: silenced)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(path)
+    except ValueError:
+        return False
+    return True
+
+
+def network_only(src: Path, dst: Path) -> None:
+    """A copy of a .weights.h5 without its optimizer state: all that training.init_weights uses, a third of
+    the file (`make pretrained` ships it this way)."""
+    import h5py
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    with h5py.File(src, "r") as f, h5py.File(tmp, "w") as g:
+        for key, value in f.attrs.items():
+            g.attrs[key] = value
+        for key in f:
+            if key != "optimizer":
+                f.copy(key, g)
+    os.replace(tmp, dst)
 
 
 def train(model: keras.Model, job: FoldJob, ctx: FoldContext, start: int, ckpt: dict | None,

@@ -42,6 +42,7 @@ class Session:
 def start_search(exp: Experiment, results: Path, run_id: str | None = None, session: Session = Session()) -> RunDir:
     """Create a run folder, freeze the config and space into it, and search until the budget ends."""
     ktadapter.check()
+    require_init_weights(exp)
     space = load_space(exp.search.space)
     make_hypermodel(exp, space)  # refuse a space that does not fit the tuner before any work,
     make_oracle(exp.search, exp.budget, space)  # and settings the oracle cannot take
@@ -54,6 +55,7 @@ def resume_search(run_path: Path, *, max_trials: int | None = None, time_budget:
                   session: Session = Session()) -> RunDir:
     """Continue a run from its frozen config and space; only the budget may be extended."""
     opened = reopen(run_path)
+    require_init_weights(opened.exp)
     with run_lock(opened.run):
         refuse_changes(opened.run, opened.exp, opened.space)
         exp = opened.exp
@@ -73,6 +75,7 @@ def worker_search(run_path: Path, chief: tuple[str, int] | None = None, tuner_id
     from nas import distributed
 
     opened = reopen(run_path)
+    require_init_weights(opened.exp)
     info = distributed.read_chief_file(opened.run) if chief is None else {"host": chief[0], "port": chief[1], "deadline": None}
     frames = opened.frames(all_sizes=True)
     with distributed.tuner_environment(tuner_id or distributed.worker_id(), info["host"], info["port"]):
@@ -98,6 +101,14 @@ def _quiet() -> None:
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="sklearn.gaussian_process")
+
+
+def require_init_weights(exp: Experiment) -> None:
+    """Trials start from training.init_weights: the file must be there before any work (a frozen experiment
+    may name one that has moved since; export and report do not need it)."""
+    path = exp.training.init_weights
+    if path and not Path(path).is_file():
+        raise NasError(f"{exp.source}: training.init_weights: {path}: file not found (expected a Keras .weights.h5 file)")
 
 
 def _tuner(opened: OpenRun, frames: RunFrames, log: EventLog, deadline: float | None, stop_after: int | None = None) -> NasTuner:

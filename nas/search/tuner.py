@@ -171,12 +171,13 @@ class NasTuner(BaseTuner):
                 job = self.fold_job(plan, fplan)
                 with clock.phase("build"):
                     first = model is None
-                    model, start, ckpt = fold_mod.restore_or_build(job, lambda steps, f=fplan: self.build(plan, f, steps))
+                    started = fold_mod.restore_or_build(job, lambda steps, f=fplan: self.build(plan, f, steps))
+                    model = started.model
                 if first:
                     latency, infeasible = self.check_limits(plan, model, clock)
                     if infeasible:
                         return infeasible
-                outcomes.append(fold_mod.finish_fold(model, job, self.ctx, start, ckpt, clock))
+                outcomes.append(fold_mod.finish_fold(started, job, self.ctx, clock))
                 if self.frames.cv:
                     self.fold_finished(plan, outcomes[-1], job, clock)
                     if len(outcomes) < len(self.frames.plans()) and (raced := self.race(outcomes, clock)):
@@ -195,7 +196,9 @@ class NasTuner(BaseTuner):
             trial_id=plan.trial_id, plan=fplan, folder=self.fold_folder(plan.trial_id, fplan.index), epochs=plan.epochs,
             initial_epoch=plan.initial_epoch, seed=trial_seed(self.exp.search.seed, plan.trial_id, fplan.index),
             image_size=plan.image_size, batch_size=self.exp.search.batch_size, augment=plan.augment,
-            select_best_epoch=not self.frames.cv, warm_from=warm, checkpoint_every_s=self.exp.search.checkpoint_every_s,
+            select_best_epoch=not self.frames.cv, warm_from=warm,
+            init_weights=Path(self.exp.training.init_weights) if self.exp.training.init_weights else None,
+            checkpoint_every_s=self.exp.search.checkpoint_every_s,
             board=board / f"fold-{fplan.index}" if self.frames.cv else board)
 
     def fold_folder(self, trial_id: str, fold: int) -> Path:
@@ -226,7 +229,8 @@ class NasTuner(BaseTuner):
     def reload_fold(self, plan: TrialPlan, fplan: FoldPlan, done: FoldResult) -> fold_mod.FoldOutcome:
         """A fold this trial finished before a resume: its probabilities from its folder."""
         prob = np.load(self.fold_folder(plan.trial_id, fplan.index) / fold_mod.PROBS)
-        return fold_mod.FoldOutcome(fplan.index, prob, done.epochs_run, done.epochs_run, None, done.seconds)
+        return fold_mod.FoldOutcome(fplan.index, prob, done.epochs_run, done.epochs_run, None, done.seconds,
+                                    from_init=done.from_init)
 
     def fold_finished(self, plan: TrialPlan, outcome: fold_mod.FoldOutcome, job: fold_mod.FoldJob, clock: Stopwatch) -> None:
         y = self.frames.labels[job.plan.val_rows]
@@ -235,7 +239,7 @@ class NasTuner(BaseTuner):
                       groups=self.frames.groups[job.plan.val_rows], interval=False)
         self.log.emit(Event.FOLD_FINISHED, trial_id=plan.trial_id, fold=outcome.index, objective=s.objective,
                       threshold=s.threshold, n=int(len(y)), positives=int(y.sum()), epochs_run=outcome.epochs_run,
-                      seconds=round(outcome.fit_seconds, 3))
+                      seconds=round(outcome.fit_seconds, 3), from_init=outcome.from_init)
 
     def race(self, outcomes: list[fold_mod.FoldOutcome], clock: Stopwatch) -> str:
         """Why the trial stops before its remaining folds ('' to go on): it cannot beat the incumbent."""
@@ -264,7 +268,7 @@ class NasTuner(BaseTuner):
             tie_break_name=self.exp.objective.tie_break, pr_auc=s.pr_auc, val_loss=first.val_loss, params=params,
             latency_ms=round(latency, 4), epochs_run=first.epochs_run, best_epoch=first.best_epoch,
             fit_seconds=round(sum(o.fit_seconds for o in outcomes), 3), split="oof" if self.frames.cv else "val",
-            hyperparameters=plan.searched, fidelity=plan.fidelity, **cv)
+            hyperparameters=plan.searched, fidelity=plan.fidelity, from_init=all(o.from_init for o in outcomes), **cv)
 
     def record(self, record: TrialRecord, seconds: float, clock: Stopwatch) -> None:
         """Log the finished trial and drop its epoch checkpoints (its weights and probabilities stay)."""

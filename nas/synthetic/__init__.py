@@ -15,7 +15,7 @@ share of frames is drawn close to those limits so the task is not trivially sepa
 """
 
 from nas.synthetic.catalog import FAMILIES, family
-from nas.synthetic.dataset import CSV_FIELDS, FAMILY_FIELDS, generate
+from nas.synthetic.dataset import CSV_FIELDS, FAMILY_FIELDS, generate, generate_pool
 from nas.synthetic.families import (
     KINDS,
     MAX_CUT_FRACTION,
@@ -31,5 +31,5 @@ from nas.synthetic.render import label, render_frame
 
 __all__ = [
     "CSV_FIELDS", "ELEMENTS", "FAMILIES", "FAMILY_FIELDS", "KINDS", "MAX_CUT_FRACTION", "MAX_DRIFT", "MAX_FOCUS_SIGMA",
-    "Family", "Particle", "Session", "Span", "draw_sessions", "family", "generate", "label", "render_frame",
+    "Family", "Particle", "Session", "Span", "draw_sessions", "family", "generate", "generate_pool", "label", "render_frame",
 ]

@@ -78,6 +78,27 @@ def generate(out: str | Path, n: int = 400, size: int = 128, seed: int = 0, grou
     return out / "labels.csv"
 
 
+def generate_pool(out: str | Path, families: list[str], n: int = 400, size: int = 128, seed: int = 0,
+                  groups: int | None = None, positive_rate: float | None = None, rate_spread: float | None = None) -> Path:
+    """Several families in one data set: family i (of k) gets n // k frames and seed + i in OUT/<family>/, and
+    OUT/labels.csv lists them all, each session named `<family>-<session>`, so a grouped split keeps a family's
+    sessions apart as it keeps any session. What `make pretrained` learns from: sessions of every kind at once."""
+    if len(set(families)) != len(families):
+        raise NasError(f"--family {','.join(families)}: a family is named twice")
+    for name in families:
+        catalog.family(name, positive_rate, rate_spread)  # every name checked before any frame is drawn
+    if n < 2 * len(families):
+        raise NasError(f"--n {n}: at least 2 frames a family are needed ({len(families)} families)")
+    out, rows = Path(out), []
+    for i, name in enumerate(families):
+        part = generate(out / name, n // len(families), size, seed + i, groups, name, positive_rate, rate_spread)
+        with part.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                rows.append(row | {"path": f"{name}/{row['path']}", "group": f"{name}-{row['group']}", "family": name})
+    _write_csv(out / "labels.csv", rows, CSV_FIELDS + FAMILY_FIELDS)
+    return out / "labels.csv"
+
+
 def _write_csv(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as fh:

@@ -1,0 +1,96 @@
+"""training.init_weights through `nas search`: a trial whose network has the weights' layers starts from them
+(and its record says so), another network starts from random weights, and a bad file is one clear line."""
+
+import csv
+import hashlib
+import io
+import json
+
+import h5py
+import keras
+import numpy as np
+
+from nas.runlog import read_trials
+from nas.search.fold import network_only
+
+from .conftest import cli, write_experiment
+
+SPACE = """name: init
+description: two plain networks that differ only in width
+blocks:
+  type: conv
+  count: 2
+  filters: {choice: [8, 16]}
+  growth: 1.0
+  normalization: batch
+head:
+  pooling: avg
+  dense: 0
+  dropout: 0.0
+optimizer:
+  name: adam
+  learning_rate: %s
+warm_start:
+  - {blocks.filters: 8}
+  - {blocks.filters: 16}
+"""
+
+
+def kernels(path):
+    """Every convolution kernel and dense matrix in a .weights.h5, in file order (batch-norm statistics left out:
+    they move in training whatever the learning rate)."""
+    found = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.append(np.asarray(obj)) if isinstance(obj, h5py.Dataset)
+                     and ("conv2d" in name or "dense" in name) and obj.ndim >= 2 else None)
+    return found
+
+
+def search(tmp_path, tiny_data, name, lr, trials, *sets):
+    space = tmp_path / f"{name}.yaml"
+    space.write_text(SPACE % lr)
+    exp = write_experiment(tmp_path / f"{name}.toml", tiny_data, search={"space": str(space)},
+                           budget={"max_trials": trials, "epochs": 2})
+    r = cli("search", exp, "--results", tmp_path / "results", "--run-id", name, *sets)
+    assert r.code == 0, r.err
+    return tmp_path / "results" / "tiny" / name
+
+
+def test_a_matching_network_starts_from_init_weights_and_says_so(tmp_path, tiny_data):
+    first = search(tmp_path, tiny_data, "first", "1.0e-2", 1)
+    trained = first / "trials" / "0" / "best.weights.h5"
+    weights = tmp_path / "start.weights.h5"
+    network_only(trained, weights)  # as `make pretrained` ships them: without the optimizer's state
+    with h5py.File(trained) as f, h5py.File(weights) as g:
+        assert "optimizer" in f and "optimizer" not in g and set(g) == set(f) - {"optimizer"}
+    # a learning rate of 1e-6 moves no weight by more than ~1e-5 in these few steps: what is left is the start
+    second = search(tmp_path, tiny_data, "second", "1.0e-6", 2, "--set", f"training.init_weights={weights}")
+    trials = read_trials(second / "trials.jsonl")
+    assert trials["0"].from_init and not trials["1"].from_init  # 8 filters match; 16 do not
+    started, fresh = (kernels(second / "trials" / t / "best.weights.h5") for t in ("0", "1"))
+    for got, want in zip(started, kernels(weights), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert fresh[0].shape != kernels(weights)[0].shape
+    board = cli("leaderboard", second, "--format", "csv")
+    assert sorted(r["from_init"] for r in csv.DictReader(io.StringIO(board.out))) == ["False", "True"]
+    # the card names the file; a refit on train+val starts from it as the trial did
+    exported = cli("export", second, "--trial", "0", "--refit")
+    assert exported.code == 0, exported.err
+    card = json.loads((second / "export" / "model_card.json").read_text())
+    assert card["initial_weights"] == {"path": str(weights), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert "Started from weights learnt before this data" in (second / "export" / "MODEL_CARD.md").read_text()
+    refit = keras.saving.load_model(second / "export" / "model.keras", compile=False)
+    conv = next(w for w in refit.weights if w.path.endswith("kernel") and len(w.shape) == 4)
+    np.testing.assert_allclose(np.asarray(conv), kernels(weights)[0], atol=1e-4)
+    # without init_weights the same seeded trial starts elsewhere: the test above could have failed
+    third = search(tmp_path, tiny_data, "third", "1.0e-6", 1)
+    assert not read_trials(third / "trials.jsonl")["0"].from_init
+    assert np.abs(kernels(third / "trials" / "0" / "best.weights.h5")[0] - kernels(weights)[0]).max() > 1e-2
+
+
+def test_init_weights_that_are_not_a_weights_file_are_one_line(tmp_path, tiny_data):
+    exp = write_experiment(tmp_path / "e.toml", tiny_data)
+    for value, expected in (("missing.weights.h5", "file not found"), ("model.keras", "ending in .weights.h5")):
+        r = cli("search", exp, "--results", tmp_path / "results", "--set", f"training.init_weights={value}")
+        assert r.code == 2 and "training.init_weights" in r.err and expected in r.err, r.err
+        assert len(r.err.strip().splitlines()) == 1
