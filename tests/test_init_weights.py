@@ -94,3 +94,42 @@ def test_init_weights_that_are_not_a_weights_file_are_one_line(tmp_path, tiny_da
         r = cli("search", exp, "--results", tmp_path / "results", "--set", f"training.init_weights={value}")
         assert r.code == 2 and "training.init_weights" in r.err and expected in r.err, r.err
         assert len(r.err.strip().splitlines()) == 1
+
+
+def test_the_recommended_experiment_ships_weights_that_its_residual_warm_start_learnt(tmp_path):
+    """experiments/haadf.toml names nas/pretrained/haadf-residual48.weights.h5: the file is in the checkout (and
+    the package), loads into the space's residual warm start at either searched size and not into the plain
+    one, and what it holds is a trained network: it already sorts frames of sessions it never saw."""
+    from pathlib import Path
+
+    from sklearn.metrics import average_precision_score
+
+    from nas.config import load_experiment
+    from nas.frames import read_frame
+    from nas.models import build_model
+    from nas.preprocess import normalize_np
+    from nas.search.fold import load_initial
+    from nas.search.lifecycle import require_init_weights
+    from nas.space import load_space, trial_values
+    from nas.synthetic import generate
+
+    from .conftest import REPO
+
+    exp = load_experiment(REPO / "experiments" / "haadf.toml", base=REPO)
+    require_init_weights(exp)
+    weights = Path(exp.training.init_weights)
+    assert weights == REPO / "nas" / "pretrained" / "haadf-residual48.weights.h5"
+    space = load_space(exp.search.space)
+    residual, plain = (trial_values(space, start) for start in space.warm_start)
+    assert residual["training.epochs"] == 20 and plain["blocks.type"] == "conv"
+    assert not load_initial(build_model(plain, 64, 0.9), weights)
+    assert load_initial(build_model(residual, 64, 0.9), weights)
+    model = build_model(residual, 48, 0.9)
+    assert load_initial(model, weights)
+    # 64 frames of 4 base sessions whose seed no pretraining used (301-303 did), prepared as a trial's frames
+    data = tmp_path / "new"
+    rows = list(csv.DictReader(open(generate(data, n=64, size=128, seed=11, groups=4))))
+    x = np.stack([normalize_np(read_frame(data / r["path"]), 48, tuple(exp.data.clip_percentiles)) for r in rows])
+    y = np.array([r["label"] == "positive" for r in rows], dtype=int)
+    prob = model.predict(x[..., None], verbose=0).ravel()
+    assert average_precision_score(y, prob) > 0.8, (average_precision_score(y, prob), y.mean())  # random weights: ~the base rate

@@ -20,7 +20,8 @@ def test_at_least_two_spaces_ship():
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
 def test_shipped_space_builds_models_for_sampled_values(path):
     space = load_space(path)
-    assert space.searched(), "a space should search something"
+    # every space searches something but pretrain.yaml, the one network `make pretrained` trains, every key fixed
+    assert bool(space.searched()) != (path.stem == "pretrain"), "a space should search something"
     for seed in range(3):
         hp = keras_tuner.HyperParameters()
         values = space.resolve(hp)
