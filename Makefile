@@ -32,16 +32,16 @@ demo: $(STAMP)
 	$(BIN)/nas export results/demo/$(RUN_ID)
 
 ## the starting weights experiments/haadf.toml ships with (nas/pretrained/): demo data of the three development
-## families in one set, one network trained on it (experiments/pretrain.toml), its weights copied into place.
+## families in one set, one network trained on it (experiments/pretrain.toml), its arrays saved into place.
 ## About 35 minutes on 2 cores (README, Pretrained starting weights); `git diff --stat` shows whether they changed.
-PRETRAINED := nas/pretrained/haadf-residual48.weights.h5
+PRETRAINED := nas/pretrained/haadf-residual48.weights.npz
 pretrained: $(STAMP)
 	@test -f data/pretrain/labels.csv || $(BIN)/nas demo-data data/pretrain --family base,magnification,low-dose --n 12000 --size 128 --seed 301 --groups 16
 	$(BIN)/nas search experiments/pretrain.toml --run-id $(RUN_ID)
 	@mkdir -p $(dir $(PRETRAINED))
-	$(BIN)/python -c "from pathlib import Path; from nas.search.fold import network_only; \
-	  network_only(Path('results/pretrain/$(RUN_ID)/trials/0/best.weights.h5'), Path('$(PRETRAINED)'))"
-	@echo "wrote $(PRETRAINED) (the network's weights, without the optimizer's state)"
+	$(BIN)/python -c "from pathlib import Path; from nas.search.fold import ship_weights; \
+	  ship_weights(Path('results/pretrain/$(RUN_ID)/trials/0/best.weights.h5'), Path('search_spaces/pretrain.yaml'), 48, Path('$(PRETRAINED)'))"
+	@echo "wrote $(PRETRAINED) (the network's arrays, without the optimizer's state)"
 
 ## the test suite (slow-marked tests excluded; `make test-all` runs them too), in TEST_WORKERS processes
 ## (pytest-xdist): most of a test's time is one thread (TensorFlow tracing a fold's step functions, a worker's

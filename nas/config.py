@@ -56,9 +56,9 @@ _nonneg, _positive = _at_least(0), (lambda v: None if v > 0 else f"expected a va
 def _weights_file(v) -> str | None:
     """The name only: a finished run's frozen experiment stays readable (export, report) after the file has
     moved; a search checks that the file is there before it starts (nas.search.lifecycle)."""
-    if v == "" or str(v).endswith(".weights.h5"):
+    if v == "" or str(v).endswith((".weights.h5", ".weights.npz")):
         return None
-    return f"expected a Keras weights file ending in .weights.h5, got {v!r}"
+    return f"expected a weights file ending in .weights.h5 (Keras) or .weights.npz (`make pretrained`), got {v!r}"
 
 
 def _numbers(v, n: int, what: str) -> str | None:
@@ -167,8 +167,9 @@ class TrainingConfig:
     early_stopping_patience: int = key(0, _nonneg, "epochs without improvement before a trial stops; 0 disables")
     class_weight: str = key("auto", _one_of(("auto", "session", "none")))
     init_weights: str = key("", _weights_file, "a Keras .weights.h5 file (an earlier run's RUN/trials/<id>/best.weights.h5, "
-                            "or .../fold-0/... under cross-validation) that every trial whose network has the same layers "
-                            "starts from instead of random weights; others start fresh. Empty: none")
+                            "or .../fold-0/... under cross-validation) or a .weights.npz (`make pretrained`) that every "
+                            "trial whose network has the same layers starts from instead of random weights; others start "
+                            "fresh. Empty: none")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -97,7 +97,7 @@ def test_init_weights_that_are_not_a_weights_file_are_one_line(tmp_path, tiny_da
 
 
 def test_the_recommended_experiment_ships_weights_that_its_residual_warm_start_learnt(tmp_path):
-    """experiments/haadf.toml names nas/pretrained/haadf-residual48.weights.h5: the file is in the checkout (and
+    """experiments/haadf.toml names nas/pretrained/haadf-residual48.weights.npz: the file is in the checkout (and
     the package), loads into the space's residual warm start at either searched size and not into the plain
     one, and what it holds is a trained network: it already sorts frames of sessions it never saw."""
     from pathlib import Path
@@ -118,7 +118,7 @@ def test_the_recommended_experiment_ships_weights_that_its_residual_warm_start_l
     exp = load_experiment(REPO / "experiments" / "haadf.toml", base=REPO)
     require_init_weights(exp)
     weights = Path(exp.training.init_weights)
-    assert weights == REPO / "nas" / "pretrained" / "haadf-residual48.weights.h5"
+    assert weights == REPO / "nas" / "pretrained" / "haadf-residual48.weights.npz"
     space = load_space(exp.search.space)
     residual, plain = (trial_values(space, start) for start in space.warm_start)
     assert residual["training.epochs"] == 20 and plain["blocks.type"] == "conv"
@@ -133,3 +133,29 @@ def test_the_recommended_experiment_ships_weights_that_its_residual_warm_start_l
     y = np.array([r["label"] == "positive" for r in rows], dtype=int)
     prob = model.predict(x[..., None], verbose=0).ravel()
     assert average_precision_score(y, prob) > 0.8, (average_precision_score(y, prob), y.mean())  # random weights: ~the base rate
+
+
+def test_make_pretrained_ships_a_trials_network_as_arrays_that_load_where_the_h5_did(tmp_path):
+    """ship_weights (the last step of `make pretrained`): a trained trial's .weights.h5 becomes a .weights.npz
+    of the network's arrays that loads into the same network, and into no other; another network's file is
+    refused in one line."""
+    import pytest
+
+    from nas.errors import NasError
+    from nas.models import build_model
+    from nas.search.fold import load_initial, ship_weights
+    from nas.space import load_space, trial_values
+
+    fixed, wide = tmp_path / "fixed.yaml", tmp_path / "wide.yaml"
+    fixed.write_text((SPACE % "1.0e-2").replace("{choice: [8, 16]}", "8").split("warm_start:")[0])
+    wide.write_text((SPACE % "1.0e-2").replace("{choice: [8, 16]}", "16").split("warm_start:")[0])
+    trained = build_model(trial_values(load_space(fixed), {}), 32, 0.9)
+    trained.save_weights(tmp_path / "trial.weights.h5")
+    ship_weights(tmp_path / "trial.weights.h5", fixed, 32, tmp_path / "shipped.weights.npz")
+    again = build_model(trial_values(load_space(fixed), {}), 48, 0.9)
+    assert load_initial(again, tmp_path / "shipped.weights.npz")
+    for got, want in zip(again.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not load_initial(build_model(trial_values(load_space(wide), {}), 32, 0.9), tmp_path / "shipped.weights.npz")
+    with pytest.raises(NasError, match="not the weights of the network of"):
+        ship_weights(tmp_path / "trial.weights.h5", wide, 32, tmp_path / "other.weights.npz")

@@ -20,8 +20,16 @@ import numpy as np
 
 from nas import data as data_mod
 from nas import training
-from nas.checkpoint import ResumableEarlyStopping, TrialProgress, load_checkpoint, restore
+from nas.checkpoint import (
+    ResumableEarlyStopping,
+    TrialProgress,
+    load_arrays,
+    load_checkpoint,
+    restore,
+    save_arrays,
+)
 from nas.config import TrainingConfig
+from nas.errors import NasError
 from nas.models import PR_AUC_METRIC
 from nas.prepare import FoldPlan, RunFrames
 from nas.search.interrupt import Interrupt, Reason
@@ -123,10 +131,18 @@ def restore_or_build(job: FoldJob, build: Callable[[int], keras.Model]) -> Start
 
 def load_initial(model: keras.Model, path: Path) -> bool:
     """Load training.init_weights into a fresh network if every layer matches; False (the network is then
-    partly loaded and must be rebuilt) where it is another architecture. Keras matches a .weights.h5 by the
-    layers' order and shapes, not their names, so a network saved at 48 px loads at 64 px: its convolutions
-    and head do not depend on the frame size. The optimizer starts afresh by design (Keras warns that it skips
-    the file's optimizer state: silenced)."""
+    partly loaded and must be rebuilt) where it is another architecture. Two kinds of file: a `.weights.npz`
+    holds the network's arrays in `get_weights()` order, as the trials' checkpoints do (nas.checkpoint; what
+    `make pretrained` ships: no HDF5 in the tree), matched by every array's shape; a Keras `.weights.h5` (an
+    earlier run's best.weights.h5) is matched by Keras by the layers' order and shapes, not their names. Either
+    way a network saved at 48 px loads at 64 px: its convolutions and head do not depend on the frame size. The
+    optimizer starts afresh by design (Keras warns that it skips the file's optimizer state: silenced)."""
+    if path.name.endswith(".weights.npz"):
+        arrays = load_arrays(path)
+        if [a.shape for a in arrays] != [tuple(w.shape) for w in model.weights]:
+            return False
+        model.set_weights(arrays)
+        return True
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -136,9 +152,22 @@ def load_initial(model: keras.Model, path: Path) -> bool:
     return True
 
 
+def ship_weights(src: Path, space: Path, image_size: int, dst: Path) -> None:
+    """`make pretrained`: a trained trial's .weights.h5 as the .weights.npz that training.init_weights reads,
+    the network's arrays only (no optimizer state): the network of a fixed space built, the file loaded into
+    it, its arrays saved whole or not at all."""
+    from nas.models import build_model
+    from nas.space import load_space, trial_values
+
+    model = build_model(trial_values(load_space(space), {}), image_size, 0.9)
+    if not load_initial(model, src):
+        raise NasError(f"{src}: not the weights of the network of {space}")
+    save_arrays(dst, model.get_weights())
+
+
 def network_only(src: Path, dst: Path) -> None:
     """A copy of a .weights.h5 without its optimizer state: all that training.init_weights uses, a third of
-    the file (`make pretrained` ships it this way)."""
+    the file."""
     import h5py
 
     tmp = dst.with_name(dst.name + ".tmp")
