@@ -40,7 +40,7 @@ pretrained: $(STAMP)
 	$(BIN)/nas search experiments/pretrain.toml --run-id $(RUN_ID)
 	@mkdir -p $(dir $(PRETRAINED))
 	$(BIN)/python -c "from pathlib import Path; from nas.search.fold import ship_weights; \
-	  ship_weights(Path('results/pretrain/$(RUN_ID)/trials/0/best.weights.h5'), Path('search_spaces/pretrain.yaml'), 48, Path('$(PRETRAINED)'))"
+	  ship_weights(Path('results/pretrain/$(RUN_ID)'), Path('$(PRETRAINED)'))"
 	@echo "wrote $(PRETRAINED) (the network's arrays, without the optimizer's state)"
 
 ## the test suite (slow-marked tests excluded; `make test-all` runs them too), in TEST_WORKERS processes

@@ -135,10 +135,12 @@ def test_the_recommended_experiment_ships_weights_that_its_residual_warm_start_l
     assert average_precision_score(y, prob) > 0.8, (average_precision_score(y, prob), y.mean())  # random weights: ~the base rate
 
 
-def test_make_pretrained_ships_a_trials_network_as_arrays_that_load_where_the_h5_did(tmp_path):
-    """ship_weights (the last step of `make pretrained`): a trained trial's .weights.h5 becomes a .weights.npz
-    of the network's arrays that loads into the same network, and into no other; another network's file is
-    refused in one line."""
+def test_make_pretrained_ships_a_trials_network_as_arrays_that_load_where_the_h5_did(tmp_path, tiny_data):
+    """ship_weights (the last step of `make pretrained`): a finished one-trial run of a fixed space becomes a
+    .weights.npz of its network's arrays that loads into the same network at another size, and into no other;
+    a run without the trial's weights is refused in one line."""
+    import shutil
+
     import pytest
 
     from nas.errors import NasError
@@ -149,13 +151,18 @@ def test_make_pretrained_ships_a_trials_network_as_arrays_that_load_where_the_h5
     fixed, wide = tmp_path / "fixed.yaml", tmp_path / "wide.yaml"
     fixed.write_text((SPACE % "1.0e-2").replace("{choice: [8, 16]}", "8").split("warm_start:")[0])
     wide.write_text((SPACE % "1.0e-2").replace("{choice: [8, 16]}", "16").split("warm_start:")[0])
+    exp = write_experiment(tmp_path / "fixed.toml", tiny_data, search={"space": str(fixed)},
+                           budget={"max_trials": 1, "epochs": 1})
+    assert cli("search", exp, "--results", tmp_path / "results", "--run-id", "pre").code == 0
+    run = tmp_path / "results" / "tiny" / "pre"
+    ship_weights(run, tmp_path / "shipped.weights.npz")
     trained = build_model(trial_values(load_space(fixed), {}), 32, 0.9)
-    trained.save_weights(tmp_path / "trial.weights.h5")
-    ship_weights(tmp_path / "trial.weights.h5", fixed, 32, tmp_path / "shipped.weights.npz")
+    assert load_initial(trained, run / "trials" / "0" / "best.weights.h5")
     again = build_model(trial_values(load_space(fixed), {}), 48, 0.9)
     assert load_initial(again, tmp_path / "shipped.weights.npz")
     for got, want in zip(again.get_weights(), trained.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
     assert not load_initial(build_model(trial_values(load_space(wide), {}), 32, 0.9), tmp_path / "shipped.weights.npz")
-    with pytest.raises(NasError, match="not the weights of the network of"):
-        ship_weights(tmp_path / "trial.weights.h5", wide, 32, tmp_path / "other.weights.npz")
+    shutil.rmtree(run / "trials" / "0")
+    with pytest.raises(NasError, match="no weights of the network of"):
+        ship_weights(run, tmp_path / "other.weights.npz")

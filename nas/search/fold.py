@@ -152,16 +152,19 @@ def load_initial(model: keras.Model, path: Path) -> bool:
     return True
 
 
-def ship_weights(src: Path, space: Path, image_size: int, dst: Path) -> None:
-    """`make pretrained`: a trained trial's .weights.h5 as the .weights.npz that training.init_weights reads,
-    the network's arrays only (no optimizer state): the network of a fixed space built, the file loaded into
-    it, its arrays saved whole or not at all."""
+def ship_weights(run: Path, dst: Path) -> None:
+    """`make pretrained`: the network of a finished one-trial run of a fixed space (experiments/pretrain.toml)
+    as the .weights.npz that training.init_weights reads, its arrays only (no optimizer state): the network
+    rebuilt from the run's frozen space, its best weights loaded, its arrays saved whole or not at all."""
     from nas.models import build_model
-    from nas.space import load_space, trial_values
+    from nas.reopen import reopen
+    from nas.space import trial_values
 
-    model = build_model(trial_values(load_space(space), {}), image_size, 0.9)
-    if not load_initial(model, src):
-        raise NasError(f"{src}: not the weights of the network of {space}")
+    opened = reopen(run)
+    src = opened.run.path / "trials" / "0" / WEIGHTS
+    model = build_model(trial_values(opened.space, {}), opened.exp.data.image_size, opened.exp.objective.recall_floor)
+    if not src.is_file() or not load_initial(model, src):
+        raise NasError(f"{src}: no weights of the network of {opened.run.space} (a finished run of a fixed space?)")
     save_arrays(dst, model.get_weights())
 
 
